@@ -1,0 +1,369 @@
+"""The ``workbench`` command line.
+
+    workbench models                               built-in and cached models
+    workbench datasets                             built-in sample sets
+    workbench analyses                             registered analyses and their parameters
+    workbench extract --model M --data D [--hooks resid,attn_z] [--max-length N]
+    workbench run ANALYSIS --model M --data D --out DIR [--set key=value ...]
+    workbench run ANALYSIS --vectors FILE --out DIR         (analyses that accept vectors)
+    workbench batch PLAN.yaml                      a grid of analyses x models x datasets + index.html
+    workbench cache ls | verify | rm KEY | clear
+    workbench app [--port 8501]                    serve the Streamlit app on 127.0.0.1
+
+Errors a user can cause print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import yaml
+
+from .errors import WorkbenchError
+
+
+def _progress_bar(desc: str):
+    from tqdm import tqdm
+
+    bar = {"bar": None}
+
+    def update(done: int, total: int, message: str = "") -> None:
+        if bar["bar"] is None:
+            bar["bar"] = tqdm(total=total, desc=desc, unit="item", file=sys.stderr, leave=False)
+        bar["bar"].total = total
+        bar["bar"].n = done
+        bar["bar"].set_postfix_str(message[-60:], refresh=False)
+        bar["bar"].refresh()
+        if done >= total:
+            bar["bar"].close()
+            bar["bar"] = None
+
+    return update
+
+
+def _parse_sets(pairs: list[str]) -> dict:
+    params = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise WorkbenchError(f"--set takes key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        params[key.strip()] = yaml.safe_load(value) if value != "" else ""
+    return params
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_models(args) -> None:
+    from .models import DEFAULT_MODEL, list_models
+
+    rows = list_models()
+    for r in rows:
+        if r["name"] == DEFAULT_MODEL:
+            r["name"] += " (default)"
+    print(_table(rows, ["name", "kind", "status", "description"]))
+
+
+def cmd_datasets(args) -> None:
+    from .data import list_datasets
+
+    print(_table(list_datasets(), ["name", "file", "description"]))
+
+
+def cmd_analyses(args) -> None:
+    from .analysis import list_analyses
+
+    for spec in list_analyses():
+        print(f"{spec.name}: {spec.title} — {spec.question}")
+        print(f"    inputs: {', '.join(spec.inputs)}")
+        for key, value in spec.defaults.items():
+            help_text = spec.param_help.get(key, "")
+            print(f"    --set {key}={json.dumps(value)}" + (f"   # {help_text}" if help_text else ""))
+
+
+def _hooks_from_arg(model, spec: str | None) -> list[str]:
+    if not spec:
+        return model.resid_hooks()
+    hooks = []
+    for part in spec.split(","):
+        part = part.strip()
+        if part in {"resid", "resid_mid", "attn_z", "attn_out", "mlp_out", "sentence"}:
+            hooks += model.hook_names(part)
+        elif part:
+            hooks.append(part)
+    return hooks
+
+
+def cmd_extract(args) -> None:
+    from .data import load_dataset
+    from .models import load_model
+    from .store import ActivationStore
+
+    model = load_model(args.model)
+    dataset = load_dataset(args.data, args.text_column, args.label_column, limit=args.limit)
+    hooks = _hooks_from_arg(model, args.hooks)
+    store = ActivationStore()
+    t0 = time.time()
+    key = store.key_for(model, dataset, hooks, min(args.max_length or model.max_length, model.max_length),
+                        args.prepend_bos)
+    hit = store.open(key) is not None
+    entry = store.get_or_extract(model, dataset, hooks, max_length=args.max_length, prepend_bos=args.prepend_bos,
+                                 batch_size=args.batch_size, progress=_progress_bar("extract"))
+    size = sum((entry.path / s["file"]).stat().st_size for s in entry.meta["shards"])
+    print(f"{'cache hit' if hit else 'extracted'}: {entry.key}  {entry.n_texts} texts, {entry.n_tokens} tokens, "
+          f"{len(entry.hooks)} hooks, {size / 2**20:.1f} MiB, {time.time() - t0:.1f} s")
+    print(f"  {entry.path}")
+
+
+def cmd_run(args) -> None:
+    from .analysis import run_analysis
+
+    params = _parse_sets(args.set)
+    if args.vectors and (args.model or args.data):
+        raise WorkbenchError("Give either --vectors or --model/--data, not both.")
+    model = None if args.vectors else (args.model or _default_model_for(args.analysis))
+    data = None if args.vectors else (args.data or _default_data_for(args.analysis))
+    t0 = time.time()
+    result = run_analysis(args.analysis, model=model, data=data, vectors=args.vectors, params=params,
+                          progress=_progress_bar(args.analysis), text_column=args.text_column,
+                          label_column=args.label_column)
+    paths = result.save(args.out, static=not args.no_static)
+    hits = [e["hit"] for e in result.manifest.get("cache", [])]
+    cache_note = "" if not hits else (" (cache hit)" if all(hits) else " (extracted, now cached)")
+    print(f"{args.analysis}: {len(result.table)} rows in {time.time() - t0:.1f} s{cache_note}")
+    for kind, path in paths.items():
+        print(f"  {kind:8s} {path}")
+    static = result.manifest.get("static_export", "")
+    if static.startswith("skipped"):
+        print(f"  note: PNG/SVG {static}")
+    if result.summary:
+        shown = {k: v for k, v in result.summary.items() if not isinstance(v, (list, dict)) or len(str(v)) < 200}
+        print("  summary: " + json.dumps(shown, default=str)[:1500])
+
+
+def _default_model_for(analysis: str) -> str | None:
+    from .analysis import get_analysis
+    from .models import DEFAULT_MODEL
+
+    spec = get_analysis(analysis)
+    return spec.defaults.get("__model__", DEFAULT_MODEL) if ("model" in spec.inputs or "task" in spec.inputs) else None
+
+
+def _default_data_for(analysis: str) -> str | None:
+    from .analysis import get_analysis
+    from .data import DEFAULT_DATASET
+
+    spec = get_analysis(analysis)
+    return DEFAULT_DATASET if "model" in spec.inputs else None
+
+
+def cmd_batch(args) -> None:
+    from .analysis import run_analysis
+
+    plan_path = Path(args.plan)
+    if not plan_path.exists():
+        raise WorkbenchError(f"No plan file at {plan_path}.")
+    plan = yaml.safe_load(plan_path.read_text()) or {}
+    if not isinstance(plan, dict):
+        raise WorkbenchError(f"{plan_path} must be a mapping with keys analyses, models, datasets, params, out.")
+    analyses = plan.get("analyses") or []
+    if not analyses:
+        raise WorkbenchError(f"{plan_path} names no analyses (key 'analyses: [layer_stats, ...]').")
+    models = plan.get("models") or [None]
+    datasets = plan.get("datasets") or [None]
+    vectors = plan.get("vectors") or []
+    out = Path(args.out or plan.get("out", "out/batch"))
+    params_by = plan.get("params") or {}
+    jobs = []
+    for analysis in analyses:
+        for model in models:
+            for data in datasets:
+                jobs.append((analysis, model, data, None))
+        for vec in vectors:
+            jobs.append((analysis, None, None, vec))
+    rows = []
+    for n, (analysis, model, data, vec) in enumerate(jobs, start=1):
+        label = "__".join(str(x).replace("/", "_") for x in (analysis, model or "", data or "", Path(vec).stem if vec else "") if x)
+        print(f"[{n}/{len(jobs)}] {label}", flush=True)
+        t0 = time.time()
+        try:
+            result = run_analysis(analysis, model=model, data=data, vectors=vec, params=params_by.get(analysis, {}),
+                                  progress=_progress_bar(analysis))
+            result.save(out / label, static=not args.no_static)
+            rows.append({"job": label, "analysis": analysis, "model": model, "data": data or vec,
+                         "status": "ok", "seconds": round(time.time() - t0, 1), "rows": len(result.table)})
+        except WorkbenchError as exc:
+            rows.append({"job": label, "analysis": analysis, "model": model, "data": data or vec,
+                         "status": f"error: {exc}", "seconds": round(time.time() - t0, 1), "rows": 0})
+            print(f"  error: {exc}", file=sys.stderr)
+    _write_index(out, rows, plan_path)
+    print(f"wrote {out / 'index.html'} ({sum(r['status'] == 'ok' for r in rows)}/{len(rows)} ok)")
+    if any(r["status"] != "ok" for r in rows):
+        sys.exit(1)
+
+
+def _write_index(out: Path, rows: list[dict], plan_path: Path) -> None:
+    from .paths import atomic_write
+
+    out.mkdir(parents=True, exist_ok=True)
+    body = ["<table><tr><th>job</th><th>analysis</th><th>model</th><th>data</th><th>status</th>"
+            "<th>seconds</th><th>files</th></tr>"]
+    for r in rows:
+        link = (f'<a href="{html.escape(r["job"])}/figure.html">figure</a> · '
+                f'<a href="{html.escape(r["job"])}/result.csv">csv</a> · '
+                f'<a href="{html.escape(r["job"])}/manifest.json">manifest</a>') if r["status"] == "ok" else ""
+        body.append("<tr>" + "".join(f"<td>{html.escape(str(r[k]))}</td>" for k in
+                                     ("job", "analysis", "model", "data", "status", "seconds")) + f"<td>{link}</td></tr>")
+    body.append("</table>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>workbench batch</title><style>"
+            "body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}"
+            f"</style></head><body><h1>Batch: {html.escape(plan_path.name)}</h1>" + "".join(body) + "</body></html>")
+    with atomic_write(out / "index.html") as handle:
+        handle.write(page)
+    with atomic_write(out / "index.json") as handle:
+        json.dump(rows, handle, indent=2)
+
+
+def cmd_cache(args) -> None:
+    from .store import ActivationStore
+
+    store = ActivationStore()
+    if args.action == "ls":
+        rows = store.entries()
+        for r in rows:
+            r["size"] = f"{r['bytes'] / 2**20:.1f} MiB"
+            r["last_used"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["last_used"]))
+        print(_table(rows, ["key", "model", "dataset", "n_texts", "n_tokens", "hooks", "max_length", "size", "last_used"]))
+        print(f"{len(rows)} entries, {sum(r['bytes'] for r in rows) / 2**20:.1f} MiB "
+              f"(cap {store.max_bytes / 2**30:.1f} GiB) in {store.root}")
+    elif args.action == "verify":
+        rows = store.entries()
+        bad = 0
+        for r in rows:
+            problem = store.verify(r["key"])
+            print(f"{r['key']}  {'ok' if problem is None else 'CORRUPT: ' + problem}")
+            bad += problem is not None
+        print(f"{len(rows) - bad}/{len(rows)} entries intact" + ("; corrupt entries are rebuilt on next use" if bad else ""))
+        if bad:
+            sys.exit(1)
+    elif args.action == "rm":
+        if not args.key:
+            raise WorkbenchError("cache rm needs a KEY (see `workbench cache ls`).")
+        if not store.remove(args.key):
+            raise WorkbenchError(f"No cache entry with key {args.key!r}.")
+        print(f"removed {args.key}")
+    elif args.action == "clear":
+        print(f"removed {store.clear()} entries from {store.root}")
+
+
+def cmd_app(args) -> None:
+    import subprocess
+
+    from .paths import PROJECT_ROOT
+
+    cmd = [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "app.py"), "--server.address", args.address,
+           "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    sys.exit(subprocess.call(cmd))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbench", description="Interpretability and embedding-analysis workbench.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details; show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("models", help="list built-in and cached models").set_defaults(fn=cmd_models)
+    sub.add_parser("datasets", help="list built-in sample sets").set_defaults(fn=cmd_datasets)
+    sub.add_parser("analyses", help="list analyses and their parameters").set_defaults(fn=cmd_analyses)
+
+    def data_args(p):
+        p.add_argument("--text-column", help="text column of a csv/jsonl/parquet dataset")
+        p.add_argument("--label-column", help="label column (optional)")
+
+    p = sub.add_parser("extract", help="extract activations into the cache")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--data", required=True)
+    p.add_argument("--hooks", help="comma-separated hook names or groups: resid, resid_mid, attn_z, attn_out, mlp_out, sentence")
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int, default=None, help="first N texts only")
+    p.add_argument("--prepend-bos", type=lambda s: {"true": True, "false": False, "none": None}[s.lower()], default=None)
+    data_args(p)
+    p.set_defaults(fn=cmd_extract)
+
+    p = sub.add_parser("run", help="run one analysis, writing result.parquet, figure.html, manifest.json")
+    p.add_argument("analysis")
+    p.add_argument("--model")
+    p.add_argument("--data")
+    p.add_argument("--vectors", help=".npy, or parquet/csv of numeric columns (instead of --model/--data)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="analysis parameter (repeatable)")
+    p.add_argument("--no-static", action="store_true", help="skip PNG/SVG export")
+    data_args(p)
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("batch", help="run a plan: analyses x models x datasets into one folder with an index page")
+    p.add_argument("plan")
+    p.add_argument("--out")
+    p.add_argument("--no-static", action="store_true")
+    p.set_defaults(fn=cmd_batch)
+
+    p = sub.add_parser("cache", help="inspect or clean the activation cache")
+    p.add_argument("action", choices=["ls", "verify", "rm", "clear"])
+    p.add_argument("key", nargs="?")
+    p.set_defaults(fn=cmd_cache)
+
+    p = sub.add_parser("app", help="serve the Streamlit app (127.0.0.1 by default)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--address", default="127.0.0.1")
+    p.set_defaults(fn=cmd_app)
+    _register_extra_commands(sub)
+    return parser
+
+
+#: back-ends may add subcommands (e.g. train-lens) by appending (name, help, setup_fn) here
+EXTRA_COMMANDS: list = []
+
+
+def _register_extra_commands(sub) -> None:
+    try:
+        import analyses  # noqa: F401  (importing the package lets back-ends add commands)
+        from .analysis import list_analyses
+
+        list_analyses()
+    except Exception:  # a broken back-end must not break `workbench cache ls`
+        logging.getLogger(__name__).debug("analysis discovery failed", exc_info=True)
+    for name, help_text, setup in EXTRA_COMMANDS:
+        p = sub.add_parser(name, help=help_text)
+        setup(p)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if not args.verbose:
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        args.fn(args)
+    except WorkbenchError as exc:
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Datasets: texts (with optional labels and metadata) and user-supplied vectors.
+
+Text sources: ``.txt`` (one text a line), ``.csv`` / ``.jsonl`` / ``.parquet`` (a named text column,
+optional label column; other columns kept as metadata), or a built-in sample name. Vectors: ``.npy``,
+or a parquet/CSV of numeric columns (or one column holding lists), for analyses that work on given
+embeddings. Bad input raises :class:`~workbench.errors.WorkbenchError` before anything is computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import WorkbenchError
+from .paths import SAMPLE_DATA
+
+TEXT_COLUMN_GUESSES = ("text", "sentence", "prompt", "abstract", "content", "source")
+LABEL_COLUMN_GUESSES = ("label", "labels", "topic", "category", "class")
+
+#: built-in sample sets: name -> (file, text column, label column, description)
+BUILTIN_DATASETS: dict[str, tuple[str, str | None, str | None, str]] = {
+    "abstracts": ("paper_abstracts.jsonl", "abstract", None,
+                  "400 machine-learning paper abstracts (title + abstract)"),
+    "titles": ("paper_abstracts.jsonl", "title", None, "the titles of the 400 paper abstracts"),
+    "prompts": ("prompts.txt", None, None, "short factual and narrative prompts for lenses"),
+    "topics": ("topics.csv", "text", "label", "chatterbot-corpus English utterances with topic labels"),
+    "seq2seq-tasks": ("seq2seq_tasks.jsonl", "source", "task", "synthetic seq2seq tasks (DecoderLens)"),
+}
+DEFAULT_DATASET = "abstracts"
+
+
+@dataclass
+class TextDataset:
+    """Texts with optional labels; ``frame`` keeps every column of the source (one row per text)."""
+
+    name: str
+    texts: list[str]
+    frame: pd.DataFrame
+    text_column: str
+    label_column: str | None = None
+    source: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list | None:
+        return None if self.label_column is None else self.frame[self.label_column].tolist()
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 of the texts (order matters), independent of the file they came from."""
+        digest = hashlib.sha256()
+        for text in self.texts:
+            digest.update(text.encode("utf-8"))
+            digest.update(b"\x00")
+        return digest.hexdigest()[:32]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, n: int | None) -> "TextDataset":
+        """The first ``n`` texts (a deterministic prefix, so caches of the prefix are reusable)."""
+        if n is None or n >= len(self.texts):
+            return self
+        return TextDataset(f"{self.name}[:{n}]", self.texts[:n], self.frame.iloc[:n].reset_index(drop=True),
+                           self.text_column, self.label_column, self.source, list(self.warnings))
+
+    @classmethod
+    def from_texts(cls, texts: list[str], name: str = "texts", labels: list | None = None) -> "TextDataset":
+        texts = [str(t) for t in texts]
+        if not texts:
+            raise WorkbenchError("The dataset is empty: give at least one text.")
+        frame = pd.DataFrame({"text": texts})
+        if labels is not None:
+            if len(labels) != len(texts):
+                raise WorkbenchError(f"{len(labels)} labels for {len(texts)} texts: give one label per text.")
+            frame["label"] = labels
+        return cls(name, texts, frame, "text", "label" if labels is not None else None, source=name)
+
+
+def list_datasets() -> list[dict[str, str]]:
+    return [{"name": name, "file": f"sample_data/{spec[0]}", "description": spec[3]}
+            for name, spec in BUILTIN_DATASETS.items() if (SAMPLE_DATA / spec[0]).exists()]
+
+
+def _read_text_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise WorkbenchError(
+            f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); re-save it as UTF-8.") from exc
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            _read_text_file(path)  # a clear error for non-UTF-8 files
+            return pd.read_csv(path)
+        if suffix in {".jsonl", ".ndjson"}:
+            rows = [json.loads(line) for line in _read_text_file(path).splitlines() if line.strip()]
+            return pd.DataFrame(rows)
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise WorkbenchError(f"Could not parse {path}: {exc}") from exc
+    raise WorkbenchError(f"Unsupported file type {suffix!r} for {path}: use .txt, .csv, .jsonl or .parquet.")
+
+
+def load_dataset(spec: str | Path, text_column: str | None = None, label_column: str | None = None,
+                 limit: int | None = None) -> TextDataset:
+    """Load a built-in sample set by name or a text file / table by path.
+
+    ``text_column`` defaults to the first of text/sentence/prompt/abstract/content found;
+    ``label_column`` to label/topic/category if present. ``limit`` keeps the first N texts.
+    """
+    spec_str = str(spec)
+    if spec_str in BUILTIN_DATASETS:
+        file, builtin_text, builtin_label, _ = BUILTIN_DATASETS[spec_str]
+        path = SAMPLE_DATA / file
+        text_column = text_column or builtin_text
+        label_column = label_column or builtin_label
+        name = spec_str
+    else:
+        path = Path(spec_str).expanduser()
+        name = path.name
+    if not path.exists():
+        known = ", ".join(BUILTIN_DATASETS)
+        raise WorkbenchError(f"No dataset at {path}: give an existing file or a built-in name ({known}).")
+    if path.is_dir():
+        raise WorkbenchError(f"{path} is a folder: give a .txt, .csv, .jsonl or .parquet file.")
+    if path.stat().st_size == 0:
+        raise WorkbenchError(f"{path} is empty: it needs at least one text.")
+
+    if path.suffix.lower() in {".txt", ".text", ""}:
+        texts = [line.strip() for line in _read_text_file(path).splitlines() if line.strip()]
+        frame = pd.DataFrame({"text": texts})
+        text_column = "text"
+        label_column = None
+    else:
+        frame = _read_table(path)
+        if text_column is None:
+            text_column = next((c for c in TEXT_COLUMN_GUESSES if c in frame.columns), None)
+            if text_column is None:
+                raise WorkbenchError(
+                    f"{path} has no text column among {list(TEXT_COLUMN_GUESSES)}; its columns are "
+                    f"{list(frame.columns)[:20]}: name one with text_column= (CLI: --text-column).")
+        elif text_column not in frame.columns:
+            raise WorkbenchError(
+                f"{path} has no column {text_column!r}; its columns are {list(frame.columns)[:20]}.")
+        if label_column is not None and label_column not in frame.columns:
+            raise WorkbenchError(
+                f"{path} has no label column {label_column!r}; its columns are {list(frame.columns)[:20]}.")
+        if label_column is None and spec_str not in BUILTIN_DATASETS:
+            label_column = next((c for c in LABEL_COLUMN_GUESSES if c in frame.columns), None)
+        frame = frame[frame[text_column].notna()]
+        frame = frame[frame[text_column].astype(str).str.strip() != ""].reset_index(drop=True)
+        texts = frame[text_column].astype(str).tolist()
+    if not texts:
+        raise WorkbenchError(f"{path} holds no non-empty text: it needs at least one text.")
+    ds = TextDataset(name, texts, frame.reset_index(drop=True), text_column, label_column, source=str(path))
+    return ds.subset(limit) if limit else ds
+
+
+def load_vectors(path: str | Path, column: str | None = None) -> np.ndarray:
+    """Load a matrix of embeddings float32 ``(N, D)`` from .npy, .parquet or .csv.
+
+    Tables: every numeric column is a dimension, or ``column`` names one column holding a list or
+    array per row. NaN or infinite values, a non-2-D array or an empty matrix are errors.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise WorkbenchError(f"No vectors file at {path}.")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise WorkbenchError(f"{path} is not a plain numeric .npy array (object arrays are refused): {exc}") from exc
+    elif suffix in {".parquet", ".csv"}:
+        frame = pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path)
+        if column is None:
+            list_cols = [c for c in frame.columns if frame[c].dtype == object and len(frame) and
+                         isinstance(frame[c].iloc[0], (list, np.ndarray))]
+            column = list_cols[0] if len(list_cols) == 1 else None
+        if column is not None:
+            if column not in frame.columns:
+                raise WorkbenchError(f"{path} has no column {column!r}; its columns are {list(frame.columns)[:20]}.")
+            values = frame[column]
+            if suffix == ".csv":
+                values = values.map(lambda s: json.loads(s) if isinstance(s, str) else s)
+            try:
+                array = np.stack([np.asarray(v, dtype=np.float64) for v in values])
+            except ValueError as exc:
+                raise WorkbenchError(f"Column {column!r} of {path} does not hold equal-length vectors: {exc}") from exc
+        else:
+            numeric = frame.select_dtypes(include=[np.number])
+            if numeric.shape[1] == 0:
+                raise WorkbenchError(f"{path} has no numeric columns: give one column per dimension "
+                                     "or name a column of lists with --vector-column.")
+            array = numeric.to_numpy()
+    else:
+        raise WorkbenchError(f"Unsupported vectors file {suffix!r}: use .npy, .parquet or .csv.")
+    if not np.issubdtype(np.asarray(array).dtype, np.number):
+        raise WorkbenchError(f"{path} does not hold numbers (dtype {array.dtype}).")
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim != 2:
+        raise WorkbenchError(f"{path} holds an array of shape {array.shape}; vectors must be 2-D (N, D).")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise WorkbenchError(f"{path} holds an empty matrix {array.shape}.")
+    bad = ~np.isfinite(array)
+    if bad.any():
+        rows = np.unique(np.nonzero(bad)[0])
+        raise WorkbenchError(f"{path} has NaN or infinite values in {len(rows)} row(s) (first: {rows[:5].tolist()}); "
+                             "drop or fix those rows.")
+    return array
+
+
+def vectors_hash(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:32]

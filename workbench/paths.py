@@ -1,0 +1,44 @@
+"""Where the workbench keeps its files.
+
+Everything the workbench writes (converted models, the activation cache, trained lenses) lives under
+one folder: ``$WORKBENCH_CACHE`` if set, else ``~/.cache/workbench``. The project's own shipped data
+lives in ``sample_data/`` beside the package.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_DATA = PROJECT_ROOT / "sample_data"
+
+
+def cache_dir() -> Path:
+    """The workbench's cache root (created on first use)."""
+    root = Path(os.environ.get("WORKBENCH_CACHE", Path.home() / ".cache" / "workbench")).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@contextmanager
+def atomic_write(path: Path, mode: str = "w", **kwargs):
+    """Write ``path`` through a temporary file in the same folder, renamed into place on success.
+
+    A reader never sees a half-written file: either the old content, or the complete new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp, mode, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

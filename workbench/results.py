@@ -1,0 +1,185 @@
+"""One result shape for every analysis, its manifest, and export.
+
+A :class:`Result` is a tidy pandas table (one row per layer/position/head/..., one column per
+quantity), the parameters, a JSON-able summary, and a manifest: model fingerprint, dataset hash,
+parameters, seed, package versions, timings and the exact CLI command that reproduces it.
+
+Export: self-contained HTML (plotly.js embedded, opens offline), PNG and SVG through kaleido (needs
+Chrome/Chromium), CSV/parquet of the table, the manifest as JSON.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import json
+import platform
+import shlex
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import WorkbenchError
+from .paths import atomic_write
+
+VERSIONED_PACKAGES = ("workbench", "torch", "transformers", "transformer-lens", "numpy", "scikit-learn",
+                      "umap-learn", "plotly", "pandas", "safetensors", "streamlit")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def cli_command(analysis: str, model: str | None, data: str | None, vectors: str | None,
+                params: dict, defaults: dict) -> str:
+    """The `workbench run` command that reproduces a run (only non-default parameters are set)."""
+    parts = ["workbench", "run", analysis]
+    if model:
+        parts += ["--model", model]
+    if data:
+        parts += ["--data", data]
+    if vectors:
+        parts += ["--vectors", vectors]
+    parts += ["--out", "out/" + analysis]
+    for key, value in params.items():
+        if key in defaults and defaults[key] == value:
+            continue
+        parts += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+@dataclass
+class Result:
+    """What every analysis returns: ``table`` (tidy), ``params``, ``summary``, ``manifest``."""
+
+    analysis: str
+    table: pd.DataFrame
+    params: dict
+    summary: dict = field(default_factory=dict)
+    manifest: dict = field(default_factory=dict)
+
+    def figure(self):
+        """The analysis's default figure (plotly)."""
+        from .analysis import get_analysis
+
+        return get_analysis(self.analysis).figure(self)
+
+    # ---- export -----------------------------------------------------------------------------
+    def manifest_json(self) -> str:
+        return json.dumps(_jsonable(self.manifest), indent=2)
+
+    def save(self, out_dir: str | Path, figure=None, static: bool = True) -> dict[str, Path]:
+        """Write result.parquet, result.csv, figure.html (+ png/svg when Chromium is there), manifest.json.
+
+        Returns the written paths; a missing Chromium is noted in the manifest (``static_export``),
+        never an error, since the HTML figure is complete on its own.
+        """
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        table = _parquet_safe(self.table)
+        with atomic_write(out / "result.parquet", "wb") as handle:
+            table.to_parquet(handle, index=False)
+        paths["parquet"] = out / "result.parquet"
+        with atomic_write(out / "result.csv") as handle:
+            self.table.to_csv(handle, index=False)
+        paths["csv"] = out / "result.csv"
+        fig = figure if figure is not None else self.figure()
+        with atomic_write(out / "figure.html") as handle:
+            handle.write(figure_html(fig))
+        paths["html"] = out / "figure.html"
+        if static:
+            try:
+                for fmt in ("png", "svg"):
+                    data = figure_image(fig, fmt)
+                    with atomic_write(out / f"figure.{fmt}", "wb") as handle:
+                        handle.write(data)
+                    paths[fmt] = out / f"figure.{fmt}"
+                self.manifest["static_export"] = "png, svg"
+            except WorkbenchError as exc:
+                self.manifest["static_export"] = f"skipped: {exc}"
+        with atomic_write(out / "manifest.json") as handle:
+            handle.write(self.manifest_json())
+        paths["manifest"] = out / "manifest.json"
+        return paths
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> "Result":
+        out = Path(out_dir)
+        manifest = json.loads((out / "manifest.json").read_text())
+        table = pd.read_parquet(out / "result.parquet")
+        return cls(manifest["analysis"], table, manifest.get("params", {}), manifest.get("summary", {}), manifest)
+
+
+def _parquet_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """Object columns holding lists/dicts become JSON strings so parquet can store them."""
+    table = table.copy()
+    for col in table.columns:
+        if table[col].dtype == object and table[col].map(lambda v: isinstance(v, (list, dict, tuple))).any():
+            table[col] = table[col].map(lambda v: json.dumps(_jsonable(v)))
+    return table
+
+
+def figure_html(fig) -> str:
+    """A self-contained HTML page (plotly.js embedded: opens with no network)."""
+    return fig.to_html(include_plotlyjs=True, full_html=True, config={"displaylogo": False})
+
+
+def chromium_path() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def figure_image(fig, fmt: str, scale: float = 2.0) -> bytes:
+    """PNG or SVG bytes through kaleido; a clear error when no Chrome/Chromium is installed."""
+    if fmt not in {"png", "svg", "pdf"}:
+        raise WorkbenchError(f"Static export format must be png, svg or pdf, got {fmt!r}")
+    browser = chromium_path()
+    if browser is None:
+        raise WorkbenchError("PNG/SVG export needs Chrome or Chromium (kaleido drives it): install Debian's "
+                             "`chromium` package (apt-get install chromium); HTML export works without it.")
+    import os
+
+    os.environ.setdefault("BROWSER_PATH", browser)
+    try:
+        return fig.to_image(format=fmt, scale=scale if fmt == "png" else 1)
+    except Exception as exc:  # kaleido reports a missing/broken browser in several ways
+        raise WorkbenchError(f"Static export through kaleido failed ({exc.__class__.__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); HTML export still works.") from exc
+
+
+def table_bytes(table: pd.DataFrame, fmt: str) -> bytes:
+    if fmt == "csv":
+        return table.to_csv(index=False).encode()
+    buffer = io.BytesIO()
+    _parquet_safe(table).to_parquet(buffer, index=False)
+    return buffer.getvalue()

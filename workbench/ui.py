@@ -1,0 +1,230 @@
+"""Streamlit helpers shared by every page: the sidebar choices, running with progress, export.
+
+Pages stay thin: widgets for parameters, then :func:`run_and_show`. Heavy objects (models) live
+under ``st.cache_resource``; results are memoised per session by their inputs so that moving a
+widget that does not change the inputs does not recompute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import streamlit as st
+
+from .data import BUILTIN_DATASETS, DEFAULT_DATASET, TextDataset, list_datasets, load_dataset, load_vectors
+from .errors import WorkbenchError
+from .models import DEFAULT_MODEL, builtin_models
+from .paths import cache_dir
+
+MAX_UPLOAD_MB = 200
+OTHER_MODEL = "Other: hub id or folder…"
+UPLOAD = "Upload a file…"
+PATH = "A file path…"
+
+
+@st.cache_resource(show_spinner="Loading model…")
+def get_model(name: str):
+    from .models import load_model
+
+    return load_model(name)
+
+
+@st.cache_resource(show_spinner=False)
+def _dataset(spec: str, text_column: str | None, label_column: str | None) -> TextDataset:
+    return load_dataset(spec, text_column or None, label_column or None)
+
+
+def _save_upload(upload) -> Path:
+    data = upload.getvalue()
+    if len(data) > MAX_UPLOAD_MB * 2**20:
+        raise WorkbenchError(f"{upload.name} is {len(data) / 2**20:.0f} MB; the limit is {MAX_UPLOAD_MB} MB. "
+                             "Use the CLI (`workbench run ... --data FILE`) for larger files.")
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    folder = cache_dir() / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{digest}{Path(upload.name).suffix.lower()}"
+    if not path.exists():
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return path
+
+
+def sidebar(model_kinds: tuple[str, ...] = ("decoder", "encoder", "seq2seq"), need_data: bool = True,
+            allow_vectors: bool = False) -> dict:
+    """Model and dataset pickers shared by every page (kept in ``st.session_state``).
+
+    Returns ``{"model": name | None, "data": TextDataset | None, "data_ref": str, "vectors": array | None}``.
+    """
+    ss = st.session_state
+    specs = builtin_models()
+    names = [n for n, s in specs.items() if s.kind in model_kinds]
+    choice = {"model": None, "data": None, "data_ref": None, "vectors": None}
+    with st.sidebar:
+        st.header("Model and data")
+        source = "model"
+        if allow_vectors:
+            source = st.radio("Input", ["model", "vectors"], horizontal=True, key="input_source",
+                              format_func=lambda s: {"model": "model + dataset", "vectors": "my vectors (.npy/.parquet/.csv)"}[s])
+        if source == "vectors":
+            upload = st.file_uploader("Vectors file", type=["npy", "parquet", "csv"], key="vectors_upload")
+            if upload is not None:
+                try:
+                    path = _save_upload(upload)
+                    choice["vectors"] = load_vectors(path)
+                    choice["data_ref"] = str(path)
+                    st.caption(f"{choice['vectors'].shape[0]} vectors × {choice['vectors'].shape[1]} dims")
+                except WorkbenchError as exc:
+                    st.error(str(exc))
+            return choice
+        options = names + [OTHER_MODEL]
+        current = ss.get("model", DEFAULT_MODEL)
+        if current not in names and current != OTHER_MODEL:
+            ss["model_other"] = current
+            current = OTHER_MODEL
+        default_index = options.index(current) if current in options else 0
+        picked = st.selectbox("Model", options, index=default_index, key="model_select",
+                              help="Built-in models load offline; a hub id needs a network.")
+        if picked == OTHER_MODEL:
+            other = st.text_input("Hub id or local folder", value=ss.get("model_other", ""), key="model_other_input")
+            ss["model_other"] = other
+            choice["model"] = other.strip() or None
+        else:
+            choice["model"] = picked
+        if choice["model"]:
+            ss["model"] = choice["model"]
+            if choice["model"] in specs:
+                st.caption(specs[choice["model"]].description)
+        if need_data:
+            builtin = [d["name"] for d in list_datasets()]
+            opts = builtin + [PATH, UPLOAD]
+            current = ss.get("dataset", DEFAULT_DATASET)
+            idx = opts.index(current) if current in opts else 0
+            ds_choice = st.selectbox("Dataset", opts, index=idx, key="dataset_select")
+            ss["dataset"] = ds_choice
+            spec = None
+            if ds_choice == PATH:
+                spec = st.text_input("Path (.txt, .csv, .jsonl, .parquet)", value=ss.get("dataset_path", ""),
+                                     key="dataset_path_input").strip() or None
+                ss["dataset_path"] = spec or ""
+            elif ds_choice == UPLOAD:
+                upload = st.file_uploader(f"Text file (≤ {MAX_UPLOAD_MB} MB)", type=["txt", "csv", "jsonl", "parquet"],
+                                          key="dataset_upload")
+                if upload is not None:
+                    try:
+                        spec = str(_save_upload(upload))
+                    except WorkbenchError as exc:
+                        st.error(str(exc))
+            else:
+                spec = ds_choice
+                st.caption(BUILTIN_DATASETS[ds_choice][3])
+            text_col = label_col = None
+            if spec and spec not in BUILTIN_DATASETS and Path(spec).suffix.lower() in {".csv", ".jsonl", ".parquet"}:
+                text_col = st.text_input("Text column (blank: guess)", key="text_column") or None
+                label_col = st.text_input("Label column (optional)", key="label_column") or None
+            if spec:
+                try:
+                    choice["data"] = _dataset(spec, text_col, label_col)
+                    choice["data_ref"] = spec
+                    st.caption(f"{len(choice['data'])} texts")
+                except WorkbenchError as exc:
+                    st.error(str(exc))
+    return choice
+
+
+def _result_key(analysis: str, model, data_ref, vectors, params: dict) -> str:
+    vec = None if vectors is None else hashlib.sha256(vectors.tobytes()).hexdigest()[:16]
+    return json.dumps([analysis, model, data_ref, vec, params], sort_keys=True, default=str)
+
+
+def run(analysis: str, params: dict, choice: dict, button_label: str = "Run", auto: bool = False):
+    """Run ``analysis`` with a progress bar; returns the Result (memoised per session) or None."""
+    from .analysis import run_analysis
+
+    ss = st.session_state
+    results = ss.setdefault("_results", {})
+    key = _result_key(analysis, choice.get("model"), choice.get("data_ref"), choice.get("vectors"), params)
+    clicked = st.button(button_label, type="primary", key=f"run_{analysis}")
+    if key in results:
+        return results[key]
+    if not (clicked or auto):
+        st.info("Set the parameters, then press **Run**.")
+        return None
+    if choice.get("model") is None and choice.get("vectors") is None:
+        st.warning("Pick a model (or vectors) in the sidebar.")
+        return None
+    bar = st.progress(0.0, text="starting…")
+    t0 = time.time()
+
+    def progress(done: int, total: int, message: str = "") -> None:
+        frac = min(done / total, 1.0) if total else 0.0
+        bar.progress(frac, text=message or f"{done}/{total} ({time.time() - t0:.0f} s)")
+
+    try:
+        model = get_model(choice["model"]) if choice.get("model") else None
+        result = run_analysis(analysis, model=model, data=choice.get("data"), vectors=choice.get("vectors"),
+                              params=params, progress=progress)
+    except WorkbenchError as exc:
+        bar.empty()
+        st.error(str(exc))
+        return None
+    bar.empty()
+    if choice.get("data_ref"):
+        # the CLI line must name the dataset the way the user chose it
+        result.manifest["cli"] = result.manifest["cli"].replace(f"--data {result.manifest['dataset']['source']}",
+                                                                f"--data {choice['data_ref']}") \
+            if result.manifest.get("dataset") else result.manifest["cli"]
+    results[key] = result
+    return result
+
+
+def show_figure(result, fig=None, key: str = "main") -> None:
+    """The figure, then export buttons (HTML, PNG, SVG, CSV, parquet, manifest) and the CLI command."""
+    from .results import figure_html, figure_image, table_bytes
+
+    fig = fig if fig is not None else result.figure()
+    st.plotly_chart(fig, use_container_width=True, key=f"fig_{result.analysis}_{key}")
+    base = f"{result.analysis}_{key}"
+    cols = st.columns(6)
+    cols[0].download_button("HTML", figure_html(fig), f"{base}.html", "text/html", key=f"html_{base}")
+    cols[1].download_button("CSV", table_bytes(result.table, "csv"), f"{base}.csv", "text/csv", key=f"csv_{base}")
+    cols[2].download_button("Parquet", table_bytes(result.table, "parquet"), f"{base}.parquet", key=f"pq_{base}")
+    cols[3].download_button("Manifest", result.manifest_json(), f"{base}_manifest.json", "application/json",
+                            key=f"man_{base}")
+    static_key = f"static_{base}"
+    if cols[4].button("PNG / SVG", key=f"mk_{static_key}", help="Render static images (kaleido + Chromium)"):
+        try:
+            st.session_state[static_key] = (figure_image(fig, "png"), figure_image(fig, "svg"))
+        except WorkbenchError as exc:
+            st.warning(str(exc))
+    if static_key in st.session_state:
+        png, svg = st.session_state[static_key]
+        cols[4].download_button("PNG", png, f"{base}.png", "image/png", key=f"png_{base}")
+        cols[5].download_button("SVG", svg, f"{base}.svg", "image/svg+xml", key=f"svg_{base}")
+    st.caption("Reproduce from the command line:")
+    st.code(result.manifest.get("cli", ""), language="bash")
+
+
+def show_table(result, columns: list[str] | None = None, label: str = "Result table") -> None:
+    with st.expander(label, expanded=False):
+        st.dataframe(result.table if columns is None else result.table[columns], use_container_width=True)
+
+
+def page_header(analysis: str) -> None:
+    from .analysis import get_analysis
+
+    spec = get_analysis(analysis)
+    st.title(spec.title)
+    st.markdown(f"*{spec.question}*")
+
+
+def run_and_show(analysis: str, params: dict, choice: dict, auto: bool = False):
+    """:func:`run` then :func:`show_figure` and :func:`show_table`; returns the Result or None."""
+    result = run(analysis, params, choice, auto=auto)
+    if result is not None:
+        show_figure(result)
+        show_table(result)
+    return result
