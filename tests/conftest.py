@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny random models built from configs, isolated caches, the real built-ins."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# Nothing in the tests may touch the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+WORDS = ("the a of and to in is was it that cat dog sat on mat paris france capital city river "
+         "model layer token text data one two three four five red blue green big small").split()
+
+
+def make_word_tokenizer(folder: Path, bos: str = "<s>", eos: str = "</s>", extra: tuple[str, ...] = ()):
+    """A whitespace WordLevel tokenizer over a small vocabulary, saved as a transformers tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(["<unk>", "<pad>", bos, eos, *extra, *WORDS])}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", bos_token=bos,
+                                   eos_token=eos)
+    fast.save_pretrained(folder)
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A random-init 2-layer Llama causal LM folder (d=32, 4 heads) with a word tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    tok = make_word_tokenizer(folder)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=False)
+    cfg.architectures = ["LlamaForCausalLM"]
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A random-init 2-layer BERT encoder folder (d=32) with a word tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    tok = make_word_tokenizer(folder, bos="[CLS]", eos="[SEP]")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, max_position_embeddings=64, pad_token_id=tok.pad_token_id)
+    BertModel(cfg).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def store(tmp_path):
+    from workbench.store import ActivationStore
+
+    return ActivationStore(root=tmp_path / "activations")
