@@ -171,10 +171,6 @@ def run_analysis(name: str, model: str | LoadedModel | None = None, data: str | 
     if vectors is not None and "vectors" not in spec.inputs:
         raise WorkbenchError(f"{name} does not run on vectors; it needs {' or '.join(spec.inputs)}.")
     t0 = time.time()
-    model_obj = model_ref = None
-    if model is not None:
-        model_obj = model if isinstance(model, LoadedModel) else load_model(model)
-        model_ref = model_obj.name
     data_obj = data_ref = None
     if data is not None:
         data_obj = data if isinstance(data, TextDataset) else load_dataset(data, text_column, label_column)
@@ -183,6 +179,11 @@ def run_analysis(name: str, model: str | LoadedModel | None = None, data: str | 
     if vectors is not None:
         vec_obj = vectors if isinstance(vectors, np.ndarray) else load_vectors(vectors)
         vec_ref = None if isinstance(vectors, np.ndarray) else str(vectors)
+    # inputs are checked cheapest first, so a bad file fails before a model is loaded
+    model_obj = model_ref = None
+    if model is not None:
+        model_obj = model if isinstance(model, LoadedModel) else load_model(model)
+        model_ref = model_obj.name
     if vec_obj is None and model_obj is None and spec.inputs != ("none",):
         raise WorkbenchError(f"{name} needs {'--model' if 'vectors' not in spec.inputs else '--model or --vectors'}.")
     t_inputs = time.time() - t0

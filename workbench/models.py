@@ -381,6 +381,9 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", trust_remot
 def _load_model_cached(name: str, dtype: str, trust_remote_code: bool, check_logits: bool) -> LoadedModel:
     from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM,
                               AutoModelForSeq2SeqLM, AutoTokenizer)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     if dtype not in {"float32", "float16", "bfloat16"}:
         raise WorkbenchError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
