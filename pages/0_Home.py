@@ -22,7 +22,7 @@ for spec in list_analyses():
         cols[0].markdown(f"**{spec.title}** — {spec.question}")
         cols[0].caption(f"`workbench run {spec.name}` · inputs: {', '.join(spec.inputs)}")
         if spec.page and (root / spec.page).exists() and spec.page not in seen_pages:
-            cols[1].page_link(str(root / spec.page), label="Open page →")
+            cols[1].page_link(spec.page, label="Open page →")
             seen_pages.add(spec.page)
 st.subheader("Built-in models (offline)")
 st.table([{"name": s.name, "kind": s.kind, "description": s.description} for s in builtin_models().values()])
