@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-st.set_page_config(page_title="Workbench", page_icon="🔬", layout="wide")
+st.set_page_config(page_title="Workbench", layout="wide")
 
 PAGES_DIR = Path(__file__).parent / "pages"
 
@@ -17,7 +17,7 @@ def _title(path: Path) -> str:
     return path.stem.split("_", 1)[1].replace("_", " ") if "_" in path.stem else path.stem
 
 
-home = st.Page(str(PAGES_DIR / "0_Home.py"), title="Home", icon="🏠", default=True)
+home = st.Page(str(PAGES_DIR / "0_Home.py"), title="Home", default=True)
 analysis_pages = [st.Page(str(p), title=_title(p)) for p in sorted(PAGES_DIR.glob("[1-8]_*.py"))]
-tools = [st.Page(str(PAGES_DIR / "9_Cache.py"), title="Cache", icon="🗄️")]
+tools = [st.Page(str(PAGES_DIR / "9_Cache.py"), title="Cache")]
 st.navigation({"": [home], "Analyses": analysis_pages, "Tools": tools}).run()

@@ -7,7 +7,7 @@ import streamlit as st
 from workbench.analysis import list_analyses
 from workbench.models import builtin_models
 
-st.title("🔬 Interpretability workbench")
+st.title("Interpretability workbench")
 st.markdown(
     "Pick a model and a dataset in the sidebar of any page. Activations are extracted once into a disk "
     "cache, so every analysis after the first on the same model and data is fast. Every figure exports "

@@ -407,8 +407,13 @@ class ActivationStore:
 
     def _write_shards(self, tmp: Path, model: LoadedModel, tokenized: list[dict], hooks: list[str],
                       batch_size: int, progress: Progress | None) -> list[dict]:
+        """Forward batches and write shards; a writer thread overlaps disk I/O with the next forwards.
+
+        Memory is bounded by two shards (one filling, one being written) plus one batch.
+        """
         pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
         shards: list[dict] = []
+        writer = _ShardWriter(tmp)
         buffer: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
         buffered_bytes = 0
         shard_text_start = 0
@@ -420,44 +425,87 @@ class ActivationStore:
             if text_end == shard_text_start:
                 return
             name = f"shard_{len(shards):05d}.safetensors"
-            arrays = {h: np.ascontiguousarray(np.concatenate(buffer[h])) for h in hooks}
-            save_file(arrays, str(tmp / name))
-            del arrays
-            file = tmp / name
-            shards.append({"file": name, "text_start": shard_text_start, "text_end": text_end,
-                           "bytes": file.stat().st_size, "xxh3": _xxh3_file(file)})
+            shards.append({"file": name, "text_start": shard_text_start, "text_end": text_end})
+            writer.submit(name, buffer)
             buffer = {h: [] for h in hooks}
             buffered_bytes = 0
             shard_text_start = text_end
 
-        for start in range(0, n, batch_size):
-            batch = tokenized[start:start + batch_size]
-            width = max(len(t["ids"]) for t in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, t in enumerate(batch):
-                ids[row, :len(t["ids"])] = torch.tensor(t["ids"])
-                mask[row, :len(t["ids"])] = 1
-            acts = model.run_hooks(ids, mask, hooks)
-            for hook in hooks:
-                value = acts[hook]
-                if hook == SENTENCE_EMBEDDING:
-                    parts = [value.numpy()]
-                else:
-                    parts = [value[row, :len(t["ids"])].numpy() for row, t in enumerate(batch)]
-                for part in parts:
-                    buffer[hook].append(part.astype(np.float32, copy=False))
-                    buffered_bytes += part.nbytes
-            del acts
-            done = min(start + batch_size, n)
-            if buffered_bytes >= self.shard_bytes:
-                flush(done)
-            if progress is not None:
-                elapsed = time.time() - t0
-                eta = elapsed / done * (n - done)
-                progress(done, n, f"extracted {done}/{n} texts, {eta:.0f} s left")
-        flush(n)
+        try:
+            for start in range(0, n, batch_size):
+                batch = tokenized[start:start + batch_size]
+                width = max(len(t["ids"]) for t in batch)
+                ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, t in enumerate(batch):
+                    ids[row, :len(t["ids"])] = torch.tensor(t["ids"])
+                    mask[row, :len(t["ids"])] = 1
+                acts = model.run_hooks(ids, mask, hooks)
+                for hook in hooks:
+                    value = acts[hook]
+                    if hook == SENTENCE_EMBEDDING:
+                        parts = [value.numpy()]
+                    else:
+                        parts = [value[row, :len(t["ids"])].numpy() for row, t in enumerate(batch)]
+                    for part in parts:
+                        buffer[hook].append(part.astype(np.float32, copy=False))
+                        buffered_bytes += part.nbytes
+                del acts
+                done = min(start + batch_size, n)
+                if buffered_bytes >= self.shard_bytes:
+                    flush(done)
+                if progress is not None:
+                    elapsed = time.time() - t0
+                    eta = elapsed / done * (n - done)
+                    progress(done, n, f"extracted {done}/{n} texts, {eta:.0f} s left")
+            flush(n)
+        finally:
+            written = writer.close()
+        for shard in shards:
+            shard.update(written[shard["file"]])
         return shards
+
+
+class _ShardWriter:
+    """Writes shards on one background thread (bounded queue of one), recording size and checksum."""
+
+    def __init__(self, folder: Path):
+        import queue
+        import threading
+
+        self.folder = folder
+        self.queue: "queue.Queue" = queue.Queue(maxsize=1)
+        self.results: dict[str, dict] = {}
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            name, buffer = item
+            try:
+                arrays = {h: np.ascontiguousarray(np.concatenate(parts)) for h, parts in buffer.items()}
+                save_file(arrays, str(self.folder / name))
+                del arrays
+                file = self.folder / name
+                self.results[name] = {"bytes": file.stat().st_size, "xxh3": _xxh3_file(file)}
+            except BaseException as exc:  # reported to the extracting thread in close()
+                self.error = exc
+
+    def submit(self, name: str, buffer: dict) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((name, buffer))
+
+    def close(self) -> dict[str, dict]:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.results
 
 
 def tokenize(model: LoadedModel, texts: list[str], max_length: int,
