@@ -6,8 +6,8 @@ Per layer l = 0..L (0 = embeddings), over every stored token of the dataset:
 - ``cos_prev``: mean cosine similarity between a token's residual at layer l and at layer l-1
   (how much one block changes the direction; NaN at layer 0);
 - ``top_pc_variance``: the share of variance on the first principal direction of the centred token
-  vectors, σ₁²/Σσᵢ² (the SVD anisotropy of Razzhigaev et al.), from the exact covariance accumulated
-  in float64 shard by shard.
+  vectors, σ₁²/Σσᵢ² (the SVD anisotropy of Razzhigaev et al.; the geometry analysis has it with
+  confidence intervals), from the exact scatter matrix accumulated in float64 shard by shard.
 
 Streams the cache entry shard by shard: memory is one shard plus a D×D matrix.
 """
@@ -19,72 +19,48 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from analyses.geometry.spectrum import covariance_eigenvalues
 from workbench.analysis import AnalysisSpec, RunContext, register
 from workbench.results import Result
 
 
-class CovarianceAccumulator:
-    """Streaming mean and covariance of rows (float64): ``add(X [n, D])`` then ``eigenvalues()``."""
-
-    def __init__(self, dim: int):
-        self.n = 0
-        self.sum = np.zeros(dim, np.float64)
-        self.gram = np.zeros((dim, dim), np.float64)
-
-    def add(self, rows: np.ndarray) -> None:
-        x = np.asarray(rows, dtype=np.float64)
-        self.n += x.shape[0]
-        self.sum += x.sum(0)
-        self.gram += x.T @ x
-
-    def covariance(self) -> np.ndarray:
-        mean = self.sum / max(self.n, 1)
-        return (self.gram - self.n * np.outer(mean, mean)) / max(self.n - 1, 1)
-
-    def eigenvalues(self) -> np.ndarray:
-        """Eigenvalues of the covariance, descending, clipped at 0 (= σᵢ²/(n-1) of the centred data)."""
-        return np.clip(np.linalg.eigvalsh(self.covariance())[::-1], 0, None)
+def _chunks(layers, entry, hooks, layer: int, keep):
+    """The layer's token vectors as float32 chunks (one per shard), first positions dropped if asked."""
+    if layers is not None:
+        yield np.asarray(layers[layer], dtype=np.float32)
+        return
+    start = 0
+    for _, arr in entry.iter_shards(hooks[layer]):
+        x = np.asarray(arr, dtype=np.float32)
+        if keep is not None:
+            x = x[keep[start:start + len(x)]]
+            start += len(arr)
+        yield x
 
 
 def layer_statistics(layers: list[np.ndarray] | None = None, entry=None, hooks: list[str] | None = None,
                      skip_first: bool = False) -> pd.DataFrame:
-    """Per-layer statistics from in-memory arrays ``layers[l]: [n_tokens, D]`` or a cache entry."""
-    rows = []
-    prev_by_shard: dict[int, np.ndarray] = {}
+    """Per-layer statistics from in-memory arrays ``layers[l]: [n_tokens, D]`` or a cache entry.
+
+    Streams shard by shard: the spectrum is the geometry back-end's streamed float64 scatter matrix,
+    norms and cosines a second pass over the memory-mapped shards.
+    """
     n_layers = len(layers) if layers is not None else len(hooks)
+    # drop the first position of every text (BOS / attention-sink "massive activations")
+    keep = entry.position_ids() != 0 if (entry is not None and skip_first) else None
+    rows = []
     for layer in range(n_layers):
-        if layers is not None:
-            chunks = [np.asarray(layers[layer])]
-            keep = None
-        else:
-            chunks = [arr for _, arr in entry.iter_shards(hooks[layer])]
-            keep = None
-            if skip_first:
-                # drop the first position of every text (BOS / attention-sink "massive activations")
-                positions = entry.position_ids()
-                keep = positions != 0
-        acc = None
+        eig = covariance_eigenvalues(_chunks(layers, entry, hooks, layer, keep))
         norm_sum, cos_sum, count = 0.0, 0.0, 0
-        token_start = 0
-        for s, chunk in enumerate(chunks):
-            x = np.asarray(chunk, dtype=np.float32)
-            if keep is not None:
-                mask = keep[token_start:token_start + len(x)]
-                token_start += len(x)
-                x = x[mask]
-            if acc is None:
-                acc = CovarianceAccumulator(x.shape[1])
-            acc.add(x)
+        previous = _chunks(layers, entry, hooks, layer - 1, keep) if layer > 0 else None
+        for x in _chunks(layers, entry, hooks, layer, keep):
             norms = np.linalg.norm(x, axis=1)
             norm_sum += float(norms.sum())
             count += len(x)
-            if layer > 0:
-                prev = prev_by_shard[s]
-                prev_norms = np.linalg.norm(prev, axis=1)
-                denom = np.maximum(norms * prev_norms, 1e-12)
+            if previous is not None:
+                prev = next(previous)
+                denom = np.maximum(norms * np.linalg.norm(prev, axis=1), 1e-12)
                 cos_sum += float(((x * prev).sum(1) / denom).sum())
-            prev_by_shard[s] = x
-        eig = acc.eigenvalues()
         rows.append({
             "layer": layer,
             "depth": layer / max(n_layers - 1, 1),

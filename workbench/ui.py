@@ -135,7 +135,7 @@ def sidebar(model_kinds: tuple[str, ...] = ("decoder", "encoder", "seq2seq"), ne
     return choice
 
 
-def _result_key(analysis: str, model, data_ref, vectors, params: dict) -> str:
+def result_key(analysis: str, model, data_ref, vectors, params: dict) -> str:
     vec = None if vectors is None else hashlib.sha256(vectors.tobytes()).hexdigest()[:16]
     return json.dumps([analysis, model, data_ref, vec, params], sort_keys=True, default=str)
 
@@ -146,7 +146,7 @@ def run(analysis: str, params: dict, choice: dict, button_label: str = "Run", au
 
     ss = st.session_state
     results = ss.setdefault("_results", {})
-    key = _result_key(analysis, choice.get("model"), choice.get("data_ref"), choice.get("vectors"), params)
+    key = result_key(analysis, choice.get("model"), choice.get("data_ref"), choice.get("vectors"), params)
     clicked = st.button(button_label, type="primary", key=f"run_{analysis}")
     if key in results:
         return results[key]
