@@ -21,7 +21,7 @@ else:
         "hooks": r["hooks"], "max_length": r["max_length"], "MiB": round(r["bytes"] / 2**20, 1),
         "last used": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["last_used"])),
     } for r in rows])
-    st.dataframe(frame, use_container_width=True, hide_index=True)
+    st.dataframe(frame, width="stretch", hide_index=True)
     cols = st.columns([3, 1, 1, 1])
     key = cols[0].selectbox("Entry", frame["key"].tolist(), key="cache_key")
     if cols[1].button("Verify", key="cache_verify"):

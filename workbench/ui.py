@@ -186,7 +186,7 @@ def show_figure(result, fig=None, key: str = "main") -> None:
     from .results import figure_html, figure_image, table_bytes
 
     fig = fig if fig is not None else result.figure()
-    st.plotly_chart(fig, use_container_width=True, key=f"fig_{result.analysis}_{key}")
+    st.plotly_chart(fig, width="stretch", key=f"fig_{result.analysis}_{key}")
     base = f"{result.analysis}_{key}"
     cols = st.columns(6)
     cols[0].download_button("HTML", figure_html(fig), f"{base}.html", "text/html", key=f"html_{base}")
@@ -210,7 +210,7 @@ def show_figure(result, fig=None, key: str = "main") -> None:
 
 def show_table(result, columns: list[str] | None = None, label: str = "Result table") -> None:
     with st.expander(label, expanded=False):
-        st.dataframe(result.table if columns is None else result.table[columns], use_container_width=True)
+        st.dataframe(result.table if columns is None else result.table[columns], width="stretch")
 
 
 def page_header(analysis: str) -> None:

@@ -1,0 +1,215 @@
+"""The ``decoder_lens`` analysis: what would the decoder say if it read encoder layer l?
+
+The pure back-end is :func:`analyses.decoder_lens.lens.decoder_lens` (Langedijk et al., arXiv
+2310.03686; METHODS.md section 2). This module wires it to the workbench: inputs are an
+encoder-decoder model and a dataset with source / reference (and optionally task) columns, e.g. the
+built-in ``sample_data/seq2seq_tasks.jsonl`` for the built-in ``t5-tasks`` model. It runs its own
+``generate`` per layer (no cached activations). The figure shows mean score curves per task over
+encoder layers and, for one example per task, the output text at every layer.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from workbench.errors import WorkbenchError
+
+from .lens import COLUMNS, decoder_lens, encoder_final_norm, summarize  # noqa: F401
+
+NAME = "decoder_lens"
+
+DEFAULTS = {
+    "source_column": "source",
+    "reference_column": "reference",
+    "task_column": "task",          # optional; "" or a missing column = one group "all"
+    "apply_final_norm": "auto",     # "auto" (on for pre-LN encoders) | true | false | "both"
+    "layers": None,                 # None = all encoder layers 0..L_e, or a list of ints
+    "max_new_tokens": 32,
+    "num_beams": 1,
+    "batch_size": 32,
+    "max_examples": 500,            # first N rows of the dataset
+    "examples_per_task_in_table": 1,
+}
+
+PARAM_HELP = {
+    "source_column": "dataset column with the encoder input text",
+    "reference_column": "column with the target text (for logprob, exact match, chrF); '' = none",
+    "task_column": "optional column to group score curves by (e.g. task); '' = one group",
+    "apply_final_norm": "final encoder norm on layers < L_e: auto (pre-LN encoders) | true | false | both",
+    "layers": "encoder layers to read, e.g. [0, 3, 6]; null = all 0..L_e",
+    "max_new_tokens": "generation length limit (same at every layer)",
+    "num_beams": "beam size (1 = greedy; same at every layer)",
+    "batch_size": "examples per forward pass",
+    "max_examples": "use the first N rows of the dataset",
+    "examples_per_task_in_table": "examples per task shown in the figure's layer -> output table",
+}
+
+
+def _columns(frame: pd.DataFrame, params: dict):
+    src_col, ref_col, task_col = params["source_column"], params["reference_column"], params["task_column"]
+    if src_col not in frame.columns:
+        raise WorkbenchError(
+            f"DecoderLens needs a source column '{src_col}' in the dataset (columns: "
+            f"{', '.join(map(str, frame.columns))}); set the source_column parameter."
+        )
+    refs = None
+    if ref_col and ref_col in frame.columns:
+        refs = [str(x) for x in frame[ref_col]]
+    elif ref_col:
+        raise WorkbenchError(
+            f"DecoderLens: no reference column '{ref_col}' in the dataset (columns: "
+            f"{', '.join(map(str, frame.columns))}); set reference_column, or '' to run without scores."
+        )
+    tasks = [str(x) for x in frame[task_col]] if task_col and task_col in frame.columns else ["all"] * len(frame)
+    return [str(x) for x in frame[src_col]], refs, tasks
+
+
+def run(ctx):
+    """Run the DecoderLens on ``ctx.model`` over ``ctx.dataset``; returns (rows, summary)."""
+    p = dict(DEFAULTS)
+    p.update(ctx.params or {})
+    m = ctx.model
+    if m is None:
+        raise WorkbenchError("DecoderLens needs a model; choose an encoder-decoder model such as t5-tasks.")
+    if getattr(m, "kind", "seq2seq") != "seq2seq":
+        raise WorkbenchError(
+            f"DecoderLens needs an encoder-decoder (seq2seq) model; {getattr(m, 'name', 'this model')} is a "
+            f"{m.kind} model. Try the built-in t5-tasks."
+        )
+    if ctx.dataset is None:
+        raise WorkbenchError(
+            "DecoderLens needs a dataset with source and reference columns, e.g. the built-in "
+            "sample_data/seq2seq_tasks.jsonl."
+        )
+    frame = ctx.dataset.frame.iloc[: int(p["max_examples"])]
+    sources, refs, tasks = _columns(frame, p)
+    gen = {"max_new_tokens": int(p["max_new_tokens"]), "num_beams": int(p["num_beams"]), "do_sample": False}
+    progress = getattr(ctx, "progress", None)
+    table = decoder_lens(
+        m.hf_model, m.tokenizer, sources, refs, tasks=tasks, layers=p["layers"],
+        apply_final_norm=p["apply_final_norm"], generation=gen, batch_size=int(p["batch_size"]),
+        progress=progress,
+    )
+    summary = make_summary(table, m.hf_model)
+    return table, summary
+
+
+def make_summary(table: pd.DataFrame, hf_model=None) -> dict:
+    """JSON-able summary: variants, L_e, per task x layer mean exact match / chrF, first solving layer."""
+    s = summarize(table)
+    L = int(table["layer"].max())
+    norm = encoder_final_norm(hf_model) if hf_model is not None else None
+    out = {
+        "n_examples": int(table["example"].nunique()),
+        "encoder_layers": L,
+        "variants": sorted(table["variant"].unique().tolist()),
+        "final_norm_module": type(norm).__name__ if norm is not None else None,
+        "exact_match": {},
+        "chrf": {},
+        "first_layer_at_90pct_of_final_exact_match": {},
+    }
+    for (task, variant), g in s.groupby(["task", "variant"]):
+        key = f"{task} [{variant}]"
+        em = dict(zip(g["layer"].astype(int).astype(str), g["exact_match"].round(4).astype(float)))
+        out["exact_match"][key] = em
+        out["chrf"][key] = dict(zip(g["layer"].astype(int).astype(str), g["chrf"].round(2).astype(float)))
+        final = g[g["layer"] == L]["exact_match"]
+        if len(final) and final.iloc[0] > 0:
+            ok = g[g["exact_match"] >= 0.9 * final.iloc[0]]["layer"]
+            out["first_layer_at_90pct_of_final_exact_match"][key] = int(ok.min())
+        else:
+            out["first_layer_at_90pct_of_final_exact_match"][key] = None
+    return out
+
+
+def figure(result):
+    """Score curves per task over encoder layers (exact match, chrF) and a layer -> output table."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    table: pd.DataFrame = result.table
+    params = dict(DEFAULTS)
+    params.update(getattr(result, "params", None) or {})
+    s = summarize(table)
+    L = int(table["layer"].max())
+    tasks = list(dict.fromkeys(table["task"]))
+    variants = sorted(s["variant"].unique())
+    fig = make_subplots(
+        rows=2, cols=2, specs=[[{}, {}], [{"type": "table", "colspan": 2}, None]],
+        row_heights=[0.45, 0.55], vertical_spacing=0.1,
+        subplot_titles=("Exact match by encoder layer", "chrF by encoder layer", "Output per encoder layer"),
+    )
+    dash = {"final_norm": "solid", "raw": "dot"}
+    for k, task in enumerate(tasks):
+        color = qualitative.Plotly[k % len(qualitative.Plotly)]
+        for v in variants:
+            g = s[(s["task"] == task) & (s["variant"] == v)].sort_values("layer")
+            name = task if len(variants) == 1 else f"{task} ({v})"
+            for col, metric, scale in ((1, "exact_match", 100.0), (2, "chrf", 1.0)):
+                fig.add_trace(
+                    go.Scatter(
+                        x=g["layer"], y=g[metric] * scale, mode="lines+markers", name=name,
+                        legendgroup=name, showlegend=col == 1, line={"color": color, "dash": dash.get(v, "solid")},
+                        hovertemplate=f"{name}<br>layer %{{x}}<br>{metric} %{{y:.1f}}<extra></extra>",
+                    ),
+                    row=1, col=col,
+                )
+    for col in (1, 2):
+        fig.update_xaxes(title_text=f"encoder layer (0 = embeddings, {L} = encoder output)", dtick=1, row=1, col=col)
+    fig.update_yaxes(title_text="exact match (%)", range=[-3, 103], row=1, col=1)
+    fig.update_yaxes(title_text="chrF", range=[-3, 103], row=1, col=2)
+
+    k = int(params.get("examples_per_task_in_table", 1))
+    ex = table.groupby("task", sort=False)["example"].apply(lambda e: sorted(e.unique())[:k])
+    pick = [i for task in tasks for i in ex[task]]
+    t = table[table["example"].isin(pick)].copy()
+    t["order"] = t["example"].map({e: n for n, e in enumerate(pick)})
+    t = t.sort_values(["order", "layer", "variant"])
+    fig.add_trace(
+        go.Table(
+            columnwidth=[60, 160, 40, 70, 160, 40, 40],
+            header={"values": ["task", "source", "layer", "variant", "output", "EM", "chrF"], "align": "left"},
+            cells={
+                "values": [
+                    t["task"], t["source"], t["layer"], t["variant"], t["output"],
+                    t["exact_match"].map(lambda x: "" if pd.isna(x) else ("✓" if x else "✗")),
+                    t["chrf"].map(lambda x: "" if pd.isna(x) else f"{x:.0f}"),
+                ],
+                "align": "left",
+            },
+        ),
+        row=2, col=1,
+    )
+    nv = ", ".join(variants)
+    fig.update_layout(
+        height=900, title=f"DecoderLens: decoder reading encoder layer l (intermediate states: {nv})",
+        legend={"title": "task"},
+    )
+    return fig
+
+
+def _register():
+    try:
+        from workbench.analysis import AnalysisSpec, register
+    except ImportError:  # core registry not available (yet); the back-end still works
+        return
+    register(
+        AnalysisSpec(
+            name=NAME,
+            title="DecoderLens",
+            question=(
+                "What does the decoder of an encoder-decoder model output when it reads an intermediate "
+                "encoder layer instead of the last, and from which layer on is each task solved?"
+            ),
+            run=run,
+            figure=figure,
+            defaults=dict(DEFAULTS),
+            inputs=("model",),
+            page="pages/3_DecoderLens.py",
+            param_help=PARAM_HELP,
+        )
+    )
+
+
+_register()
