@@ -1,0 +1,238 @@
+"""inversion: how much text does a sentence embedding (or a layer's mean-pooled state) leak?
+
+Zero-shot inversion by adversarial decoding (ZSInvert, arXiv 2504.00147): see :mod:`.search`.
+The run's ``model`` is the **embedder** (an encoder such as minilm-l6); the proposer is a separate
+causal LM (``proposer`` parameter, default smollm2-135m). Inputs:
+
+- a text dataset: each text is embedded by the embedder (a demonstration: we know the answer), or
+- a vectors file (``--vectors``, an audit): each row is a target; its dimension must match the
+  embedder's and, when the embedder normalises, its norms must be ~1. The CLI refuses ``--model``
+  together with ``--vectors``, so then the embedder is the ``embedder`` parameter
+  (``workbench run inversion --vectors emb.npy --set embedder=minilm-l6``).
+
+``layers``: ``None`` inverts the sentence embedding (reported as layer -1); an int or a list of ints
+inverts the mean-pooled hidden state of those layers (0 = embedding output, l = after block l),
+with candidates pooled the same way, to see how much text each layer leaks.
+
+Table: one row per (item, layer): target (if known), reconstruction, cosine, token_f1, bleu,
+exact_match, leakage (+ n_sensitive, leaked), steps, seconds, layer, stage cosines.
+Metric definitions: :mod:`.metrics`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from workbench.analysis import AnalysisSpec, RunContext, register
+from workbench.errors import WorkbenchError
+from workbench.results import Result
+
+from .metrics import text_metrics
+from .search import REFINE_PROMPT, STAGE1_PROMPT, Embedder, Proposer, SearchConfig, invert
+
+#: max |‖v‖ - 1| accepted for vectors that a normalising embedder should have produced
+NORM_TOLERANCE = 0.02
+
+DEFAULTS = {
+    "embedder": "minilm-l6",
+    "proposer": "smollm2-135m",
+    "beam_width": 10,
+    "top_k": 10,
+    "top_p": 1.0,
+    "repetition_penalty": 1.5,
+    "max_steps": 32,
+    "refine_steps": 32,
+    "stages": 2,
+    "threshold": 0.99,
+    "randomness": False,
+    "prompt": STAGE1_PROMPT,
+    "refine_prompt": REFINE_PROMPT,
+    "layers": None,
+    "max_items": 20,
+    "batch_size": 128,
+    "check_norms": True,
+}
+
+
+def parse_layers(value, n_layers: int) -> list[int | None]:
+    """``None``/"" -> [None] (sentence embedding); int; list of ints; "all"; "0,3,6"."""
+    if value is None or value == "" or value == []:
+        return [None]
+    if isinstance(value, str):
+        if value.strip().lower() == "all":
+            return list(range(n_layers + 1))
+        try:
+            value = [int(v) for v in value.replace(" ", "").split(",") if v]
+        except ValueError as exc:
+            raise WorkbenchError(f"layers must be empty, 'all', an int or a list like 0,3,6; got {value!r}.") from exc
+    if isinstance(value, (int, np.integer)):
+        value = [int(value)]
+    out = []
+    for v in value:
+        if v is None or int(v) < 0:
+            out.append(None)
+        elif int(v) > n_layers:
+            raise WorkbenchError(f"layer {v} does not exist: the embedder has layers 0..{n_layers}.")
+        else:
+            out.append(int(v))
+    return list(dict.fromkeys(out))
+
+
+def check_vectors(vectors: np.ndarray, embedder: Embedder, check_norms: bool = True) -> None:
+    """Raise a WorkbenchError when the vectors cannot come from ``embedder`` (dimension, norms)."""
+    if vectors.ndim != 2:
+        raise WorkbenchError(f"Vectors must be a 2-D matrix (N, D); got shape {vectors.shape}.")
+    if vectors.shape[1] != embedder.dim:
+        raise WorkbenchError(
+            f"The vectors have {vectors.shape[1]} dimensions but {embedder.model.name} embeds in {embedder.dim}: "
+            "pick the embedder that produced them.")
+    norms = np.linalg.norm(vectors, axis=1)
+    if (norms < 1e-8).any():
+        raise WorkbenchError(f"{int((norms < 1e-8).sum())} vector(s) are all zeros (first row "
+                             f"{int(np.argmax(norms < 1e-8))}); drop them: a zero vector has no direction to invert.")
+    if check_norms and embedder.normalizes:
+        bad = np.abs(norms - 1) > NORM_TOLERANCE
+        if bad.any():
+            raise WorkbenchError(
+                f"{embedder.model.name} normalises its embeddings (norm 1), but {int(bad.sum())} of {len(norms)} vectors "
+                f"have norms in [{norms.min():.3g}, {norms.max():.3g}] (first row {int(np.argmax(bad))}). They were not "
+                "made by this embedder's sentence embedding: pick the right embedder or layer, or set "
+                "check_norms=false if you normalised differently on purpose.")
+
+
+def _config(params: dict, seed: int) -> SearchConfig:
+    return SearchConfig(
+        beam_width=int(params["beam_width"]), top_k=int(params["top_k"]), top_p=float(params["top_p"]),
+        repetition_penalty=float(params["repetition_penalty"]), max_steps=int(params["max_steps"]),
+        refine_steps=int(params["refine_steps"]) if params.get("refine_steps") else None,
+        stages=int(params["stages"]), threshold=float(params["threshold"]), randomness=bool(params["randomness"]),
+        prompt=str(params["prompt"]), refine_prompt=str(params["refine_prompt"]), seed=seed)
+
+
+def run(ctx: RunContext, proposer_model=None, step_callback=None):
+    """``step_callback(item, n_items, layer, StepInfo)`` gets every step (the page's live view)."""
+    from workbench.models import load_model
+
+    p = ctx.params
+    # the CLI takes --vectors without --model: the embedder then comes from the 'embedder' parameter
+    model = ctx.model if ctx.model is not None else load_model(p.get("embedder") or "minilm-l6")
+    if model.kind != "encoder":
+        raise WorkbenchError(f"The inversion model is the embedder; {model.name} is a {model.kind}. "
+                             "Pick an encoder such as minilm-l6 (the proposer is the 'proposer' parameter).")
+    cfg = _config(p, ctx.seed)
+    cfg.check()
+    layers = parse_layers(p["layers"], model.n_layers)
+    max_items = int(p["max_items"]) if p.get("max_items") else None
+    if ctx.vectors is not None:
+        if len(layers) != 1:
+            raise WorkbenchError("A vectors file holds one kind of vector: give a single layer (or none for "
+                                 "the sentence embedding) when inverting vectors.")
+        vectors = ctx.vectors[:max_items] if max_items else ctx.vectors
+        check_vectors(vectors, Embedder(model, layers[0]), bool(p["check_norms"]))
+        targets: list[str | None] = [None] * len(vectors)
+    else:
+        ds = ctx.require_dataset()
+        targets = list(ds.texts[:max_items] if max_items else ds.texts)
+        vectors = None
+    proposer = Proposer(proposer_model if proposer_model is not None else load_model(p["proposer"], check_logits=False))
+    rows = []
+    n_total = len(targets) * len(layers)
+    total_steps = n_total * (cfg.max_steps + (cfg.stages - 1) * (cfg.refine_steps or cfg.max_steps))
+    done_steps = 0
+    for li, layer in enumerate(layers):
+        embedder = Embedder(model, layer, batch_size=int(p["batch_size"]))
+        target_vecs = vectors if vectors is not None else embedder.encode(targets).numpy()
+        for i, (text, vec) in enumerate(zip(targets, target_vecs)):
+            item = li * len(targets) + i
+
+            def on_step(info, item=item, layer=layer):
+                ctx.progress(min(done_steps + (info.step if info.stage == 1 else cfg.max_steps + info.step), total_steps),
+                             total_steps,
+                             f"item {item + 1}/{n_total} · layer {'output' if layer is None else layer} · stage "
+                             f"{info.stage} step {info.step}/{info.total_steps} · cos {info.best_cosine:.4f} · "
+                             f"{info.best_text}")
+                if step_callback is not None:
+                    step_callback(item, n_total, layer, info)
+
+            res = invert(vec, proposer, embedder, cfg, callback=on_step)
+            done_steps += cfg.max_steps + (cfg.stages - 1) * (cfg.refine_steps or cfg.max_steps)
+            row = {"item": i, "layer": -1 if layer is None else layer, "target": text,
+                   "reconstruction": res.text, "cosine": res.cosine}
+            if text is not None:
+                row.update(text_metrics(text, res.text))
+            else:
+                row.update({"token_f1": np.nan, "bleu": np.nan, "exact_match": None, "leakage": np.nan,
+                            "n_sensitive": 0, "leaked": ""})
+            row.update({"steps": res.steps, "seconds": round(res.seconds, 2),
+                        "stage_cosines": ", ".join(f"{c:.4f}" for c in res.stage_cosines),
+                        "stage_texts": " ‖ ".join(res.stage_texts), "n_embedded": res.n_embedded})
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    if vectors is not None:
+        table["exact_match"] = table["exact_match"].astype("boolean")
+    summary = {"n_items": len(targets), "layers": [-1 if l is None else l for l in layers],
+               "embedder": model.name, "proposer": p["proposer"], "mode": "vectors" if vectors is not None else "texts"}
+    for layer, group in table.groupby("layer"):
+        key = "output" if layer == -1 else f"layer_{layer}"
+        summary[key] = {"mean_cosine": float(group["cosine"].mean()),
+                        "mean_token_f1": None if group["token_f1"].isna().all() else float(group["token_f1"].mean()),
+                        "mean_bleu": None if group["bleu"].isna().all() else float(group["bleu"].mean()),
+                        "exact_match_rate": None if vectors is not None else float(group["exact_match"].mean()),
+                        "mean_leakage": None if group["leakage"].isna().all() else float(group["leakage"].mean())}
+    summary["layer_convention"] = "-1 = the embedder's sentence embedding; l >= 0 = mean-pooled hidden state l"
+    summary["metrics"] = ("token_f1: vec2text token-set F1 with the project's regex word tokenizer (no nltk); "
+                          "bleu: sacrebleu sentence_bleu 0-100; leakage: share of the target's sensitive strings "
+                          "(names, numbers, e-mails, dates; project regex definition) found in the reconstruction")
+    return table, summary
+
+
+def figure(result: Result) -> go.Figure:
+    t = result.table
+    fig = go.Figure()
+    if t["layer"].nunique() > 1:
+        g = t.groupby("layer").agg(cosine=("cosine", "mean"), token_f1=("token_f1", "mean"),
+                                   leakage=("leakage", "mean")).reset_index()
+        x = ["output" if l == -1 else str(l) for l in g["layer"]]
+        for col in ("cosine", "token_f1", "leakage"):
+            fig.add_trace(go.Bar(x=x, y=g[col], name=col))
+        fig.update_xaxes(title_text="layer (0 = embeddings; output = sentence embedding)")
+        title = "Inversion by layer (means over items)"
+    else:
+        x = [f"{i + 1}" for i in range(len(t))]
+        hover = (t["reconstruction"].fillna("")).str.slice(0, 120)
+        fig.add_trace(go.Bar(x=x, y=t["cosine"], name="cosine", hovertext=hover))
+        if t["token_f1"].notna().any():
+            fig.add_trace(go.Bar(x=x, y=t["token_f1"], name="token F1"))
+            fig.add_trace(go.Bar(x=x, y=t["bleu"] / 100, name="BLEU / 100"))
+        fig.update_xaxes(title_text="item")
+        title = f"Inversion of {len(t)} item(s): mean cosine {t['cosine'].mean():.3f}"
+    fig.update_layout(barmode="group", height=380, template="plotly_white", title=title,
+                      yaxis=dict(range=[0, 1.05]), margin=dict(t=50, l=50, r=20, b=50))
+    return fig
+
+
+register(AnalysisSpec(
+    name="inversion",
+    title="Embedding inversion",
+    question="How much of the original text can be recovered from its embedding (or from a layer's mean-pooled state)?",
+    run=run,
+    figure=figure,
+    defaults=DEFAULTS,
+    inputs=("model", "vectors"),
+    page="pages/7_Inversion.py",
+    param_help={
+        "embedder": "the embedder when no model is given (e.g. CLI --vectors); --model takes precedence",
+        "proposer": "causal LM that proposes next tokens (chat format)",
+        "beam_width": "beams kept per step (B)", "top_k": "proposals per beam (K)",
+        "top_p": "nucleus cut inside top-k (1 = plain top-k)",
+        "repetition_penalty": "CTRL penalty over prompt + generated tokens",
+        "max_steps": "proposer tokens in stage 1", "refine_steps": "proposer tokens in the refinement stage",
+        "stages": "1 = no refinement, 2 = refine once with the best stage-1 text",
+        "threshold": "stop early when the cosine reaches this", "randomness": "keep top 5 + seeded random beams",
+        "prompt": "stage-1 instruction", "refine_prompt": "stage-2 instruction ({text} = best stage-1 text)",
+        "layers": "empty = sentence embedding; an int, a list, or 'all' = mean-pooled hidden states",
+        "max_items": "invert the first N texts / vectors", "batch_size": "candidates per embedder forward",
+        "check_norms": "refuse vectors whose norms do not match a normalising embedder"},
+))

@@ -1,0 +1,356 @@
+"""Zero-shot embedding inversion by adversarial decoding (ZSInvert; Zhang, Morris, Shmatikov,
+arXiv 2504.00147, repo ``collinzrj/adversarial_decoding``).
+
+A causal LM (the *proposer*, in its chat format with a short instruction) proposes next tokens; a
+sentence-level beam search keeps the ``beam_width`` partial texts whose embedding is closest (cosine)
+to the target. Per step, for every beam (all beams have the same number of generated tokens):
+
+1. next-token logits from the proposer (one batched forward of the ``B`` newest tokens on the shared,
+   per-beam KV cache; the prompt prefix is run once and its cache expanded to the beams);
+2. CTRL repetition penalty over every token in the context, prompt included: positive logits are
+   divided by ``repetition_penalty``, negative ones multiplied;
+3. banned tokens (newlines, quotes, ``@``, NBSP, special/added tokens, EOS) get -1e10; EOS is never
+   chosen, so each stage produces at most ``max_steps`` proposer tokens;
+4. proposals = top-k ∩ top-p of the softmax;
+5. the ``B·K`` extensions are decoded to text, de-duplicated, embedded in batches by the embedder and
+   scored by ``cos(φ(text), e)``; the top ``B`` survive (``randomness``: the top ``n_keep_top`` plus a
+   seeded random sample of the rest, as the repo's ``randomness=True``).
+
+Stage 2 restarts from an empty text with the prompt ``"write a sentence similar to this: {best}"``.
+Unlike the repo, which returns the final beam's best, we return the best text scored at *any* step
+of any stage (shorter prefixes are valid texts), so the reported cosine never decreases over steps.
+
+Embeddings: :class:`Embedder` wraps a :class:`~workbench.models.LoadedModel` encoder. ``layer=None``
+uses the model's own sentence embedding (``LoadedModel.pool``: mean pooling + normalisation for
+minilm-l6); ``layer=l`` the attention-masked mean over tokens of hidden state ``l`` (0 = embedding
+output), so target and candidates are always embedded the same way (the repo embeds the target
+without special tokens and candidates with them; we do not).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable
+
+import numpy as np
+import torch
+
+from workbench.errors import WorkbenchError
+
+STAGE1_PROMPT = "Write a sentence."
+REFINE_PROMPT = "write a sentence similar to this: {text}"
+#: substrings that ban a token (the repo's \n, ", @ and NBSP, plus the other newline/quote forms)
+BANNED_SUBSTRINGS = ("\n", "\r", '"', "@", "\xa0", "“", "”", "\t")
+
+
+class Embedder:
+    """Embeds texts as the target was embedded: ``encode(texts) -> float32 [N, D]`` (torch).
+
+    ``layer=None``: the model's sentence embedding (its pooling and normalisation); ``layer=l``:
+    mean over real tokens of ``hidden_states[l]`` (0 = embeddings, l = after block l). Texts are
+    tokenized with the tokenizer's defaults (special tokens included), truncated at ``max_length``.
+    """
+
+    def __init__(self, model, layer: int | None = None, batch_size: int = 128, max_length: int = 128):
+        if model.kind != "encoder":
+            raise WorkbenchError(f"{model.name} is a {model.kind}; the inversion target must come from an "
+                                 "encoder / sentence embedder such as minilm-l6.")
+        if layer is not None and not 0 <= int(layer) <= model.n_layers:
+            raise WorkbenchError(f"layer must be between 0 and {model.n_layers} for {model.name} "
+                                 f"(or empty for its sentence embedding), got {layer}.")
+        self.model = model
+        self.layer = None if layer is None else int(layer)
+        self.batch_size = int(batch_size)
+        self.max_length = int(min(max_length, model.max_length))
+        self.calls = 0  # forward passes, for the benchmark
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.d_model)
+
+    @property
+    def normalizes(self) -> bool:
+        return self.layer is None and bool(self.model.sentence_normalize)
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], batch_size: int | None = None) -> torch.Tensor:
+        bs = int(batch_size or self.batch_size)
+        texts = list(texts)
+        if not texts:
+            return torch.zeros((0, self.dim))
+        # tokenize once, then batch texts of similar length together so little compute goes to padding
+        ids = self.model.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+        out = []
+        for start in range(0, len(texts), bs):
+            chunk = order[start:start + bs]
+            enc = self.model.tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt")
+            mask = enc["attention_mask"]
+            res = self.model.hf_model(input_ids=enc["input_ids"], attention_mask=mask,
+                                      output_hidden_states=self.layer is not None)
+            self.calls += 1
+            if self.layer is None:
+                out.append(self.model.pool(res.last_hidden_state, mask))
+            else:
+                states = res.hidden_states[self.layer].float()
+                m = mask.unsqueeze(-1).to(states.dtype)
+                out.append((states * m).sum(1) / m.sum(1).clamp(min=1))
+        pooled = torch.cat(out).float()
+        result = torch.empty_like(pooled)
+        result[torch.tensor(order)] = pooled
+        return result
+
+
+@dataclass
+class SearchConfig:
+    """Beam-search settings (repo defaults: B = K = 30, 32 steps, top_p 1, penalty 1.5; ours B = K = 10).
+
+    ``threshold``: stop as soon as the best cosine reaches it. ``randomness``: keep the top
+    ``n_keep_top`` and a random sample (``seed``) of the other candidates. ``refine_prompt`` holds
+    ``{text}``, replaced by the best text so far at the start of each stage after the first.
+    """
+
+    beam_width: int = 10
+    top_k: int = 10
+    top_p: float = 1.0
+    repetition_penalty: float = 1.5
+    max_steps: int = 32
+    refine_steps: int | None = None  # None: max_steps
+    stages: int = 2
+    threshold: float = 0.99
+    randomness: bool = False
+    n_keep_top: int = 5
+    prompt: str = STAGE1_PROMPT
+    refine_prompt: str = REFINE_PROMPT
+    seed: int = 0
+
+    def check(self) -> None:
+        for name in ("beam_width", "top_k", "max_steps", "stages"):
+            if int(getattr(self, name)) < 1:
+                raise WorkbenchError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if not 0 < self.top_p <= 1:
+            raise WorkbenchError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if self.repetition_penalty <= 0:
+            raise WorkbenchError(f"repetition_penalty must be > 0, got {self.repetition_penalty}.")
+        if "{text}" not in self.refine_prompt:
+            raise WorkbenchError("refine_prompt must contain {text} (where the best first-stage text goes).")
+
+
+@dataclass
+class StepInfo:
+    """What the progress callback gets after every step."""
+
+    stage: int
+    step: int
+    total_steps: int
+    best_text: str
+    best_cosine: float
+    stage_best_text: str
+    stage_best_cosine: float
+    n_candidates: int
+
+
+@dataclass
+class InversionResult:
+    text: str
+    cosine: float
+    steps: int  # proposer steps run over all stages
+    seconds: float
+    stage_texts: list[str] = field(default_factory=list)
+    stage_cosines: list[float] = field(default_factory=list)
+    history: list[float] = field(default_factory=list)  # best-so-far cosine after each step
+    n_embedded: int = 0
+
+
+@lru_cache(maxsize=8)
+def _banned_ids_cached(tok_key: int, tokenizer, vocab_size: int) -> torch.Tensor:
+    n = len(tokenizer)
+    pieces = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False,
+                                    clean_up_tokenization_spaces=False)
+    banned = torch.zeros(vocab_size, dtype=torch.bool)
+    for i, piece in enumerate(pieces):
+        # a token that decodes to nothing would only repeat its parent text
+        if piece == "" or any(s in piece for s in BANNED_SUBSTRINGS):
+            banned[i] = True
+    special = set(tokenizer.all_special_ids)
+    special |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    if tokenizer.eos_token_id is not None:
+        special.add(tokenizer.eos_token_id)
+    for i in special:
+        if 0 <= i < vocab_size:
+            banned[i] = True
+    banned[n:] = True  # logits rows with no token
+    return banned
+
+
+def banned_token_mask(tokenizer, vocab_size: int) -> torch.Tensor:
+    """bool [V]: tokens the proposer may never propose (see :data:`BANNED_SUBSTRINGS`)."""
+    return _banned_ids_cached(id(tokenizer), tokenizer, vocab_size)
+
+
+def apply_repetition_penalty(logits: torch.Tensor, context_ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL penalty: for each row b and every token in ``context_ids[b]`` (prompt + generated),
+    positive logits / penalty, negative logits * penalty. logits [B, V], context_ids [B, T]."""
+    if penalty == 1.0:
+        return logits
+    picked = torch.gather(logits, 1, context_ids)
+    picked = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return logits.scatter(1, context_ids, picked)
+
+
+def propose(logits: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """top-k ∩ top-p proposals per row: (token ids [B, k], valid mask [B, k]) sorted by probability.
+
+    A token is inside top-p when the probability mass of the tokens ranked above it is < top_p
+    (so the first token is always kept); top_p = 1 is plain top-k.
+    """
+    probs = torch.softmax(logits, dim=-1)
+    k = min(top_k, logits.shape[-1])
+    top_probs, top_ids = probs.topk(k, dim=-1)  # sorted descending
+    mass_before = top_probs.cumsum(-1) - top_probs
+    valid = (mass_before < top_p) & (top_probs > 0)
+    return top_ids, valid
+
+
+class Proposer:
+    """A causal LM in its chat format; keeps one KV cache row per beam."""
+
+    def __init__(self, model):
+        if model.kind != "decoder":
+            raise WorkbenchError(f"The proposer must be a decoder (causal LM), {model.name} is a {model.kind}.")
+        self.model = model
+        self.hf = model.hf_model
+        self.tokenizer = model.tokenizer
+        vocab = int(self.hf.get_output_embeddings().weight.shape[0])
+        self.banned = banned_token_mask(self.tokenizer, vocab)
+
+    def prompt_ids(self, instruction: str) -> torch.Tensor:
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            ids = tok.apply_chat_template([{"role": "user", "content": instruction}],
+                                          add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+        else:  # no chat format: the instruction then a newline
+            ids = tok(instruction + "\n")["input_ids"]
+        return torch.tensor([list(ids)], dtype=torch.long)
+
+    @torch.inference_mode()
+    def start(self, prompt: torch.Tensor):
+        """Run the prompt once: (logits of the next token [1, V], cache of batch 1)."""
+        out = self.hf(input_ids=prompt, use_cache=True)
+        return out.logits[:, -1].float(), out.past_key_values
+
+    @torch.inference_mode()
+    def step(self, cache, new_tokens: torch.Tensor, beam_idx: torch.Tensor):
+        """Select cache rows ``beam_idx`` (expanding the prompt cache on the first step), append
+        ``new_tokens`` [B], and return (next logits [B, V], cache)."""
+        cache.reorder_cache(beam_idx)
+        past = cache.get_seq_length()
+        B = new_tokens.shape[0]
+        attn = torch.ones(B, past + 1, dtype=torch.long)
+        out = self.hf(input_ids=new_tokens.view(B, 1), past_key_values=cache, attention_mask=attn, use_cache=True)
+        return out.logits[:, -1].float(), out.past_key_values
+
+
+def _decode(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()
+
+
+def run_stage(proposer: Proposer, embedder: Embedder, target: torch.Tensor, instruction: str,
+              cfg: SearchConfig, rng: np.random.Generator, steps: int, stage: int = 1,
+              best_before: tuple[str, float] = ("", -2.0),
+              callback: Callable[[StepInfo], None] | None = None) -> tuple[str, float, list[float], int, int]:
+    """One beam-search stage. Returns (best text, its cosine, best-so-far history incl. earlier
+    stages' best, steps run, candidates embedded). ``target``: [D], normalised."""
+    prompt = proposer.prompt_ids(instruction)
+    logits, cache = proposer.start(prompt)
+    beams: list[list[int]] = [[]]
+    best_text, best_cos = "", -2.0
+    overall_text, overall_cos = best_before
+    history: list[float] = []
+    n_embedded = 0
+    pen = cfg.repetition_penalty
+    banned = proposer.banned
+    steps_run = 0
+    for t in range(steps):
+        steps_run = t + 1
+        ctx = torch.cat([prompt.expand(len(beams), -1), torch.tensor(beams, dtype=torch.long).view(len(beams), t)], 1)
+        lg = apply_repetition_penalty(logits, ctx, pen)
+        lg = lg.masked_fill(banned[: lg.shape[1]].unsqueeze(0), -1e10)
+        top_ids, valid = propose(lg, cfg.top_k, cfg.top_p)
+        cand_beam, cand_tok, texts, seen = [], [], [], {}
+        for b in range(len(beams)):
+            for j in range(top_ids.shape[1]):
+                if not valid[b, j]:
+                    continue
+                tok = int(top_ids[b, j])
+                text = _decode(proposer.tokenizer, beams[b] + [tok])
+                if text in seen:  # same text from another tokenization: embed once, keep the first
+                    continue
+                seen[text] = len(texts)
+                cand_beam.append(b)
+                cand_tok.append(tok)
+                texts.append(text)
+        emb = embedder.encode(texts)
+        n_embedded += len(texts)
+        cos = torch.nn.functional.cosine_similarity(emb, target.unsqueeze(0), dim=-1).numpy().astype(np.float64)
+        order = np.argsort(-cos, kind="stable")
+        if cfg.randomness and len(order) > cfg.beam_width:
+            top = order[: cfg.n_keep_top]
+            rest = order[cfg.n_keep_top:]
+            extra = rng.choice(rest, size=cfg.beam_width - len(top), replace=False)
+            keep = np.concatenate([top, np.sort(extra)])
+        else:
+            keep = order[: cfg.beam_width]
+        if cos[order[0]] > best_cos:
+            best_cos, best_text = float(cos[order[0]]), texts[order[0]]
+        if best_cos > overall_cos:
+            overall_cos, overall_text = best_cos, best_text
+        history.append(overall_cos)
+        beams = [beams[cand_beam[i]] + [cand_tok[i]] for i in keep]
+        if callback is not None:
+            callback(StepInfo(stage, t + 1, steps, overall_text, overall_cos, best_text, best_cos, len(texts)))
+        if overall_cos >= cfg.threshold or t == steps - 1:
+            break
+        beam_idx = torch.tensor([cand_beam[i] for i in keep], dtype=torch.long)
+        new_tok = torch.tensor([cand_tok[i] for i in keep], dtype=torch.long)
+        logits, cache = proposer.step(cache, new_tok, beam_idx)
+    return best_text, best_cos, history, steps_run, n_embedded
+
+
+def invert(target: np.ndarray | torch.Tensor, proposer: Proposer, embedder: Embedder, cfg: SearchConfig,
+           callback: Callable[[StepInfo], None] | None = None) -> InversionResult:
+    """Invert one target vector ``[D]`` (in the embedder's space at its layer) to a text."""
+    cfg.check()
+    target = torch.as_tensor(np.asarray(target, dtype=np.float32)).flatten()
+    if target.shape[0] != embedder.dim:
+        raise WorkbenchError(f"The target has {target.shape[0]} dimensions, the embedder {embedder.dim}.")
+    target = torch.nn.functional.normalize(target, dim=0)
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    t0 = time.time()
+    best = ("", -2.0)
+    result = InversionResult("", -2.0, 0, 0.0)
+    for stage in range(1, cfg.stages + 1):
+        if stage == 1:
+            instruction, steps = cfg.prompt, cfg.max_steps
+        else:
+            # stage s >= 2 refines the best text so far (the repo runs one refinement stage)
+            instruction, steps = cfg.refine_prompt.replace("{text}", best[0]), cfg.refine_steps or cfg.max_steps
+        text, cos, hist, n_steps, n_emb = run_stage(proposer, embedder, target, instruction, cfg, rng, steps,
+                                                    stage, best, callback)
+        result.stage_texts.append(text)
+        result.stage_cosines.append(cos)
+        result.history += hist
+        result.steps += n_steps
+        result.n_embedded += n_emb
+        if cos > best[1]:
+            best = (text, cos)
+        if best[1] >= cfg.threshold:
+            break
+    result.text, result.cosine = best
+    result.seconds = time.time() - t0
+    return result

@@ -1,0 +1,254 @@
+"""Embedding inversion (issue 7): beam mechanics on tiny random models, metrics, input checks.
+
+Tiny proposer: a 2-layer LlamaConfig with a character-level tokenizer that has a chat template;
+tiny embedder: a 2-layer BertConfig. Nothing is downloaded; every test runs in about a second.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from analyses.inversion import check_vectors, parse_layers, run as run_inversion
+from analyses.inversion.metrics import (bleu, exact_match, leakage, sensitive_strings, token_set_f1,
+                                        word_tokenize)
+from analyses.inversion.search import (Embedder, Proposer, SearchConfig, apply_repetition_penalty,
+                                       banned_token_mask, invert, propose)
+from workbench.analysis import RunContext
+from workbench.data import TextDataset
+from workbench.errors import WorkbenchError
+from workbench.models import LoadedModel
+
+torch.set_num_threads(1)  # the tiny models gain nothing from threads; shared CPUs lose a lot
+
+CHARS = list("abcdefghijklmnopqrstuvwxyz .,'") + ["\n", '"', "@"]
+
+
+def _char_tokenizer(chat: bool):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>"]
+    vocab = {t: i for i, t in enumerate(specials + CHARS)}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>",
+                                  bos_token="<s>", eos_token="</s>")
+    if chat:
+        tok.chat_template = ("{% for m in messages %}<s>{{ m['content'] }}</s>{% endfor %}"
+                             "{% if add_generation_prompt %}<s>{% endif %}")
+    return tok
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    ptok = _char_tokenizer(chat=True)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(ptok) + 3, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=256, pad_token_id=0)).eval()
+    etok = _char_tokenizer(chat=False)
+    bert = BertModel(BertConfig(vocab_size=len(etok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, max_position_embeddings=256)).eval()
+    proposer = LoadedModel("tiny-llama", "decoder", lm, ptok, "tiny-llama@0", None, n_layers=2, d_model=32)
+    embedder = LoadedModel("tiny-bert", "encoder", bert, etok, "tiny-bert@0", None, n_layers=2, d_model=32,
+                           max_length=256, sentence_pooling="mean", sentence_normalize=True)
+    return proposer, embedder
+
+
+def _cfg(**kw):
+    base = dict(beam_width=4, top_k=5, max_steps=6, refine_steps=4, stages=2, threshold=1.01, seed=0)
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+# ------------------------------------------------------------------------------------- mechanics
+def test_best_cosine_never_decreases_and_is_true_cosine(tiny):
+    proposer, embedder = tiny
+    emb = Embedder(embedder)
+    target = emb.encode(["the cat sat on a mat."])[0].numpy()
+    steps = []
+    res = invert(target, Proposer(proposer), emb, _cfg(), callback=lambda s: steps.append(s.best_cosine))
+    assert len(steps) == res.steps == 6 + 4
+    assert all(b >= a for a, b in zip(steps, steps[1:]))
+    assert res.history == steps
+    assert res.cosine == pytest.approx(max(res.stage_cosines))
+    recomputed = torch.nn.functional.cosine_similarity(emb.encode([res.text]), torch.tensor(target)[None])
+    assert float(recomputed) == pytest.approx(res.cosine, abs=1e-5)
+
+
+def test_seeds_reproduce(tiny):
+    proposer, embedder = tiny
+    emb = Embedder(embedder)
+    target = emb.encode(["hello world, said alice."])[0].numpy()
+    runs = [invert(target, Proposer(proposer), emb, _cfg(randomness=True, n_keep_top=1, seed=s))
+            for s in (3, 3, 4)]
+    assert runs[0].text == runs[1].text and runs[0].history == runs[1].history
+    assert runs[0].stage_texts == runs[1].stage_texts
+
+
+def test_banned_tokens_never_appear(tiny):
+    proposer, embedder = tiny
+    prop = Proposer(proposer)
+    tok = proposer.tokenizer
+    bad = [tok.convert_tokens_to_ids(c) for c in ("\n", '"', "@")] + [tok.eos_token_id, len(tok) + 1]
+    assert prop.banned[bad].all()
+    # make the banned tokens the proposer's favourites, so that only the mask keeps them out
+    handle = proposer.hf_model.lm_head.register_forward_hook(
+        lambda mod, inp, out: out.index_add(-1, torch.tensor(bad), torch.full((len(bad),), 50.0).expand(*out.shape[:-1], -1)))
+    seen: list[str] = []
+    emb = Embedder(embedder)
+    original = emb.encode
+
+    def spy(texts, batch_size=None):
+        seen.extend(texts)
+        return original(texts, batch_size)
+
+    try:
+        target = original(['say "hi" @ me'])[0].numpy()
+        emb.encode = spy
+        invert(target, prop, emb, _cfg(stages=1))
+    finally:
+        handle.remove()
+    assert seen, "no candidates were scored"
+    assert not any(("\n" in t or '"' in t or "@" in t or "</s>" in t) for t in seen)
+
+
+def test_kv_cache_matches_full_forward(tiny):
+    proposer, _ = tiny
+    prop = Proposer(proposer)
+    prompt = prop.prompt_ids("abc")
+    logits, cache = prop.start(prompt)
+    # step 1: three beams all from the prompt; step 2: reorder (beam 2, 0, 0)
+    toks1 = torch.tensor([5, 6, 7])
+    logits, cache = prop.step(cache, toks1, torch.zeros(3, dtype=torch.long))
+    toks2 = torch.tensor([8, 9, 10])
+    logits, cache = prop.step(cache, toks2, torch.tensor([2, 0, 0]))
+    seqs = [[7, 8], [5, 9], [5, 10]]
+    with torch.no_grad():
+        full = proposer.hf_model(input_ids=torch.cat([prompt.expand(3, -1), torch.tensor(seqs)], 1)).logits[:, -1]
+    assert torch.allclose(logits, full, atol=1e-5)
+
+
+def test_repetition_penalty_and_topk_topp_closed_form():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    out = apply_repetition_penalty(logits, torch.tensor([[0, 1, 1]]), 2.0)
+    assert out.tolist() == [[1.0, -2.0, 0.5, 3.0]]
+    ids, valid = propose(torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])), top_k=3, top_p=0.7)
+    assert ids.tolist() == [[0, 1, 2]] and valid.tolist() == [[True, True, False]]
+    _, valid = propose(torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])), top_k=3, top_p=1.0)
+    assert valid.all()
+
+
+def test_layer_embedder_is_masked_mean(tiny):
+    _, embedder = tiny
+    emb = Embedder(embedder, layer=1)
+    texts = ["a much longer text", "ab", "abc d"]  # out of length order: encode sorts, then unsorts
+    got = emb.encode(texts)
+    for i, t in enumerate(texts):
+        enc = embedder.tokenizer([t], return_tensors="pt")
+        with torch.no_grad():
+            hs = embedder.hf_model(**enc, output_hidden_states=True).hidden_states[1][0]
+        assert torch.allclose(got[i], hs.mean(0), atol=1e-5)
+    with pytest.raises(WorkbenchError):
+        Embedder(embedder, layer=3)
+
+
+def test_analysis_run_table(tiny):
+    proposer, embedder = tiny
+    params = {"beam_width": 3, "top_k": 3, "top_p": 1.0, "repetition_penalty": 1.5, "max_steps": 3,
+              "refine_steps": 2, "stages": 2, "threshold": 0.99, "randomness": False, "prompt": "write",
+              "refine_prompt": "like this: {text}", "layers": "0,-1", "max_items": 2, "batch_size": 8,
+              "check_norms": True, "proposer": "unused", "embedder": "unused", "seed": 0}
+    ctx = RunContext("inversion", params, model=embedder,
+                     dataset=TextDataset.from_texts(["alice met bob.", "x y z", "unused"]))
+    table, summary = run_inversion(ctx, proposer_model=proposer)
+    assert len(table) == 4 and sorted(table["layer"].unique()) == [-1, 0]
+    for col in ("target", "reconstruction", "cosine", "token_f1", "bleu", "exact_match", "leakage", "steps",
+                "seconds", "layer"):
+        assert col in table
+    assert summary["output"]["mean_cosine"] == pytest.approx(table[table.layer == -1]["cosine"].mean())
+
+
+# ------------------------------------------------------------------------------------- inputs
+def test_vector_checks(tiny):
+    _, embedder = tiny
+    emb = Embedder(embedder)
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(4, 32)).astype(np.float32)
+    with pytest.raises(WorkbenchError, match="norms"):
+        check_vectors(v, emb)
+    check_vectors(v, emb, check_norms=False)
+    with pytest.raises(WorkbenchError, match="dimensions"):
+        check_vectors(v[:, :16], emb)
+    check_vectors(v / np.linalg.norm(v, axis=1, keepdims=True), emb)
+    check_vectors(v, Embedder(embedder, layer=2))  # hidden states are not normalised
+    assert parse_layers(None, 2) == [None] and parse_layers("all", 2) == [0, 1, 2]
+    assert parse_layers("1,-1", 2) == [1, None]
+    with pytest.raises(WorkbenchError):
+        parse_layers(5, 2)
+
+
+# ------------------------------------------------------------------------------------- metrics
+def test_token_set_f1_closed_form():
+    assert word_tokenize("We don't use 3.5 GPUs, e-mail me.") == \
+        ["We", "don't", "use", "3.5", "GPUs", ",", "e-mail", "me", "."]
+    # sets {a, b, c} vs {a, b, d}: P = R = 2/3
+    assert token_set_f1("a b c", "a b d") == pytest.approx(2 / 3)
+    assert token_set_f1("a a b", "b a") == pytest.approx(1.0)  # sets, not multisets
+    assert token_set_f1("The cat", "the cat") == pytest.approx(0.5)  # case-sensitive, as vec2text
+    assert token_set_f1("", "x") == 0.0
+
+
+def test_bleu_and_exact_match():
+    import sacrebleu
+
+    assert bleu("the cat sat on the mat", "the cat sat on the mat") == pytest.approx(100.0)
+    ref, hyp = "the quick brown fox jumps over the lazy dog", "the quick brown dog jumps"
+    assert bleu(ref, hyp) == pytest.approx(sacrebleu.sentence_bleu(hyp, [ref]).score)
+    assert 0 < bleu(ref, hyp) < 100
+    assert exact_match(" hi there ", "hi there") and not exact_match("hi", "Hi")
+
+
+def test_sensitive_strings_and_leakage():
+    t = ("The model by Alice Smith was released on March 4, 2021 with 95% accuracy. "
+         "Contact alice.smith@uni.edu or see 2021-03-05 and BERT.")
+    s = sensitive_strings(t)
+    assert s["email"] == ["alice.smith@uni.edu"]
+    assert s["date"] == ["March 4, 2021", "2021-03-05"]
+    assert s["number"] == ["95%"]
+    assert s["name"] == ["Alice Smith", "BERT"]  # "The" and "Contact" start sentences
+    frac, n, leaked = leakage(t, "alice smith trained bert")
+    assert n == 6 and leaked == ["Alice Smith", "BERT"] and frac == pytest.approx(2 / 6)
+    assert math.isnan(leakage("nothing here.", "x")[0])
+    assert leakage("We met Bob.", "bobby")[0] == 0.0  # word boundaries
+
+
+def test_banned_mask_covers_specials(tiny):
+    proposer, _ = tiny
+    mask = banned_token_mask(proposer.tokenizer, len(proposer.tokenizer) + 3)
+    tok = proposer.tokenizer
+    assert all(mask[i] for i in tok.all_special_ids)
+    assert not mask[tok.convert_tokens_to_ids("a")]
+
+
+def test_analysis_refuses_foreign_vectors(tiny):
+    proposer, embedder = tiny
+    params = {"beam_width": 2, "top_k": 2, "top_p": 1.0, "repetition_penalty": 1.5, "max_steps": 2,
+              "refine_steps": 2, "stages": 1, "threshold": 0.99, "randomness": False, "prompt": "write",
+              "refine_prompt": "{text}", "layers": None, "max_items": 2, "batch_size": 8,
+              "check_norms": True, "proposer": "unused", "embedder": "unused", "seed": 0}
+    v = np.random.default_rng(1).normal(size=(3, 32)).astype(np.float32) * 5
+    with pytest.raises(WorkbenchError, match="normalises"):
+        run_inversion(RunContext("inversion", params, model=embedder, vectors=v), proposer_model=proposer)
+    table, summary = run_inversion(RunContext("inversion", params, model=embedder,
+                                              vectors=v / np.linalg.norm(v, axis=1, keepdims=True)),
+                                   proposer_model=proposer)
+    assert len(table) == 2 and table["target"].isna().all() and summary["mode"] == "vectors"
+    assert table["token_f1"].isna().all() and (table["cosine"] > -1).all()
