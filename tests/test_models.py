@@ -19,7 +19,7 @@ def test_resid_hook_names_round_trip():
 def test_tiny_decoder_is_hooked_and_matches_transformers(tiny_llama_dir):
     m = load_model(str(tiny_llama_dir))
     assert m.kind == "decoder" and m.n_layers == 2 and m.d_model == 32 and m.n_heads == 4
-    assert m.load_report["logit_max_abs_diff"] < 1e-4
+    assert m.load_report["logprob_max_abs_diff"] < 1e-4
     assert m.resid_hooks() == ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
     ids = torch.tensor([[5, 6, 7, 8]])
     acts = m.run_hooks(ids, torch.ones_like(ids), m.resid_hooks() + ["blocks.1.attn.hook_z"])

