@@ -1,0 +1,127 @@
+"""Downstream quality of a layer's sentence vectors, and how the unsupervised metrics track it.
+
+- :func:`topic_probe`: cross-validated logistic-regression accuracy on labelled vectors.
+- :func:`retrieval_scores`: recall@1 and MRR of query -> document retrieval by cosine similarity
+  (title -> abstract on the sample abstracts).
+- :func:`metric_correlations`: Spearman correlation of each metric with probe accuracy over layers.
+- :func:`recommend_layer`: the best layer by a downstream score, with the reason in words.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from workbench.errors import WorkbenchError
+
+
+def topic_probe(X, labels, *, n_splits: int = 5, seed: int = 0, C: float = 1.0,
+                max_iter: int = 500) -> tuple[float, float]:
+    """Mean and standard deviation over folds of the accuracy of a logistic-regression probe.
+
+    X: [N, D] vectors, labels: N labels. Standardised features, multinomial L2-regularised logistic
+    regression (``C``), stratified ``n_splits``-fold cross-validation shuffled with ``seed``.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(labels)
+    if X.ndim != 2 or X.shape[0] != y.shape[0]:
+        raise WorkbenchError(f"topic probe needs X [N, D] and N labels; got X {X.shape}, {y.shape[0]} labels.")
+    _, counts = np.unique(y, return_counts=True)
+    if counts.size < 2:
+        raise WorkbenchError("the topic probe needs at least 2 different labels.")
+    if counts.min() < n_splits:
+        raise WorkbenchError(
+            f"every label needs at least {n_splits} texts for {n_splits}-fold cross-validation; the "
+            f"smallest has {counts.min()}. Drop rare labels or lower probe_folds.")
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+    cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        scores = cross_val_score(model, X, y, cv=cv)
+    return float(scores.mean()), float(scores.std())
+
+
+def _unit(X: np.ndarray, center: bool) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if center:
+        X = X - X.mean(axis=0, keepdims=True)
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return np.divide(X, norms, out=np.zeros_like(X), where=norms > 0)
+
+
+def retrieval_scores(queries, documents, *, center: bool = True) -> tuple[float, float]:
+    """recall@1 and mean reciprocal rank of retrieving document i for query i by cosine similarity.
+
+    queries, documents: [N, D], row i of each is a matching pair. ``center`` subtracts each set's mean
+    first (mean-pooled transformer states share a large common direction that otherwise dominates
+    cosine similarity). Ties are ranked pessimistically (a tie with the true document counts against).
+    """
+    Q, Dc = np.asarray(queries), np.asarray(documents)
+    if Q.ndim != 2 or Q.shape != Dc.shape or Q.shape[0] < 2:
+        raise WorkbenchError(f"retrieval needs two [N >= 2, D] arrays of matching pairs; got {Q.shape}, {Dc.shape}.")
+    S = _unit(Q, center) @ _unit(Dc, center).T
+    true = np.diag(S)
+    rank = (S >= true[:, None]).sum(axis=1)  # counts the true document itself, so rank >= 1
+    return float(np.mean(rank == 1)), float(np.mean(1.0 / rank))
+
+
+def metric_correlations(table: pd.DataFrame, target: str, metrics: list[str]) -> dict[str, float]:
+    """Spearman rank correlation across layers of each metric column with ``target`` (NaN where a
+    column is constant or has fewer than 3 finite layers)."""
+    from scipy.stats import spearmanr
+
+    out = {}
+    for m in metrics:
+        if m not in table or target not in table:
+            continue
+        sub = table[[m, target]].astype(float).dropna()
+        if len(sub) < 3 or sub[m].nunique() < 2 or sub[target].nunique() < 2:
+            out[m] = float("nan")
+            continue
+        out[m] = float(spearmanr(sub[m], sub[target]).statistic)
+    return out
+
+
+def recommend_layer(table: pd.DataFrame, *, layer_col: str = "layer", probe_folds: int = 5) -> dict:
+    """Pick the best layer by topic-probe accuracy, else by retrieval MRR; say why.
+
+    Returns ``{"best_layer", "criterion", "reason", "last_layer", "best_minus_last",
+    "intermediate_beats_last", "beats_last_beyond_one_se", "within_one_se"}``. Layers whose mean
+    accuracy is within one standard error (fold std / sqrt(k)) of the best are listed: the data do
+    not separate them; a best layer that beats the last by less than that is not called a clear win.
+    """
+    last = int(table[layer_col].max())
+    for col, sd_col, label in (("probe_accuracy", "probe_accuracy_std", "topic-probe accuracy"),
+                               ("retrieval_mrr", None, "title->abstract retrieval MRR")):
+        if col in table and table[col].notna().any():
+            t = table[[layer_col, col] + ([sd_col] if sd_col and sd_col in table else [])].dropna(subset=[col])
+            best_row = t.loc[t[col].idxmax()]
+            best, best_v = int(best_row[layer_col]), float(best_row[col])
+            last_rows = t[t[layer_col] == last]
+            last_v = float(last_rows[col].iloc[0]) if len(last_rows) else float("nan")
+            se = float(best_row[sd_col]) / np.sqrt(probe_folds) \
+                if sd_col and sd_col in t else 0.0
+            close = [int(x) for x in t.loc[t[col] >= best_v - se, layer_col]]
+            beats = best != last and best_v > last_v
+            clear = beats and last not in close
+            reason = (f"layer {best} has the highest {label} ({best_v:.3f}); the last layer ({last}) has "
+                      f"{last_v:.3f}" + (f", {best_v - last_v:+.3f}" if np.isfinite(last_v) else "") + ".")
+            if sd_col and len(close) > 1:
+                reason += f" Layers within one standard error of the best: {close}."
+            if beats and not clear and sd_col:
+                reason += " The gain over the last layer is within one standard error: not a clear win."
+            return {"best_layer": best, "criterion": col, "reason": reason, "last_layer": last,
+                    "best_minus_last": best_v - last_v, "intermediate_beats_last": bool(beats),
+                    "beats_last_beyond_one_se": bool(clear) if sd_col else None, "within_one_se": close}
+    return {"best_layer": None, "criterion": None, "last_layer": last, "best_minus_last": None,
+            "intermediate_beats_last": None, "beats_last_beyond_one_se": None, "within_one_se": [],
+            "reason": "no labelled or paired data was given, and the unsupervised metrics alone do not "
+                      "identify the best layer reliably; add probe or retrieval data."}
