@@ -27,7 +27,7 @@ app: $(STAMP)
 	$(BIN)/workbench app
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	WORKBENCH_SLOW_TESTS=1 $(BIN)/python -m pytest -q tests --durations=15
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -82,7 +82,7 @@ st.caption("Cost ≈ beam width × top-k candidates embedded per step: B = K = 1
 
 ss = st.session_state
 results = ss.setdefault("_inv_results", {})
-key = ui._result_key("inversion", embedder, data_ref, vectors, params)
+key = ui.result_key("inversion", embedder, data_ref, vectors, params)
 clicked = st.button("Invert", type="primary", key="inv_run")
 if key not in results and clicked:
     if embedder is None or (data is None and vectors is None):
