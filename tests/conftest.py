@@ -72,3 +72,15 @@ def store(tmp_path):
     from workbench.store import ActivationStore
 
     return ActivationStore(root=tmp_path / "activations")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matrices: extra OpenMP threads only spin on a shared 2-core CPU. Use per module with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -19,13 +19,7 @@ from analyses.circuits.scoring import (circuit_scores, edge_node_scores, node_sc
 from workbench.errors import WorkbenchError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: extra OpenMP threads only spin on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -16,12 +16,7 @@ import torch
 from analyses.circuits.ground_truth import load_ground_truths, match_ground_truth
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 GPT2 = {"model_type": "gpt2", "n_layers": 12, "n_heads": 12, "d_model": 768, "attention_only": False}

@@ -25,12 +25,7 @@ from workbench.paths import SAMPLE_DATA
 FOLDER = SAMPLE_DATA / "models" / "attn-only-induction"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
