@@ -144,6 +144,19 @@ def test_knn_is_exact_and_chunked():
     np.testing.assert_array_equal(idx, ref_idx)
 
 
+@pytest.mark.parametrize("block_rows", [4, 13, 50, 203])
+def test_knn_threshold_filter_any_block_size(block_rows):
+    """Blocks smaller than the candidate count (rows start with no finite threshold), uneven
+    blocks and a single block all give scikit-learn's exact neighbours."""
+    from sklearn.neighbors import NearestNeighbors
+
+    X = np.random.default_rng(4).standard_normal((203, 6))
+    ref, ref_idx = NearestNeighbors(n_neighbors=9, algorithm="brute").fit(X).kneighbors()
+    d, idx = knn_distances(X, 9, block_rows=block_rows, return_indices=True)
+    np.testing.assert_allclose(d, ref, rtol=1e-12)
+    np.testing.assert_array_equal(idx, ref_idx)
+
+
 # --------------------------------------------------------------------------------- synthetic
 
 
