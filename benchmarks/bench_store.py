@@ -39,11 +39,20 @@ def texts_of_128_tokens(tokenizer, n: int) -> list[str]:
     return out
 
 
-def measure_memory(n_texts: int) -> None:
+def _vm_hwm_mib() -> float:
+    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux keeps that across execve,
+    so a child started by a large parent would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure_memory(n_texts: int, threads: int) -> None:
     """Child process: extract n_texts x 128 tokens (all residual layers) and print peak RSS in MiB."""
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     from workbench.data import TextDataset
     from workbench.models import load_model
     from workbench.store import ActivationStore
@@ -51,10 +60,10 @@ def measure_memory(n_texts: int) -> None:
     model = load_model("smollm2-135m")
     ds = TextDataset.from_texts(texts_of_128_tokens(model.tokenizer, n_texts), name=f"mem{n_texts}")
     root = Path(tempfile.mkdtemp(prefix="bench_mem_"))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = _vm_hwm_mib()
     t0 = time.time()
     ActivationStore(root=root).get_or_extract(model, ds, max_length=128, batch_size=8)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _vm_hwm_mib()
     shutil.rmtree(root)
     print(json.dumps({"n_texts": n_texts, "peak_mib": peak, "after_load_mib": before, "seconds": time.time() - t0}))
 
@@ -64,10 +73,11 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--mem-texts", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a shared machine)")
     parser.add_argument("--child-mem", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_mem:
-        measure_memory(args.child_mem)
+        measure_memory(args.child_mem, args.threads)
         return
 
     import numpy as np
@@ -77,7 +87,7 @@ def main() -> None:
     from workbench.models import load_model
     from workbench.store import ActivationStore
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model = load_model("smollm2-135m")
     texts = texts_of_128_tokens(model.tokenizer, args.texts)
     ds = TextDataset.from_texts(texts, name="bench")
@@ -99,11 +109,10 @@ def main() -> None:
         entry = store.get_or_extract(model, ds, max_length=128, batch_size=args.batch_size)
         return time.perf_counter() - t0, entry
 
-    plain_forward_warm = plain_forward  # warm-up of kernels and page cache on a short slice
-    with torch.no_grad():
+    with torch.no_grad():  # warm-up of kernels on a short slice
         model.hf_model(**model.tokenizer(texts[:2], return_tensors="pt", padding=True))
     # interleave to share any drift in machine load
-    t_plain_1 = plain_forward_warm()
+    t_plain_1 = plain_forward()
     t_store_1, entry = store_extract(1)
     t_plain_2 = plain_forward()
     t_store_2, _ = store_extract(2)
@@ -125,7 +134,7 @@ def main() -> None:
     # -- 3. peak memory, N vs 10N texts, each in a fresh process ---------------------------------
     mem = []
     for n in (args.mem_texts, 10 * args.mem_texts):
-        out = subprocess.run([sys.executable, __file__, "--child-mem", str(n)], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, __file__, "--child-mem", str(n), "--threads", str(args.threads)], capture_output=True, text=True, check=True)
         mem.append(json.loads(out.stdout.strip().splitlines()[-1]))
     growth = mem[1]["peak_mib"] / mem[0]["peak_mib"] - 1
 

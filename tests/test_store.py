@@ -42,6 +42,13 @@ def test_extraction_equals_unbatched_forward(tiny, store):
     np.testing.assert_allclose(pooled[2], entry.text_activations(resid_hook(2), 2).mean(0), rtol=1e-5)
     assert entry.tokens(resid_hook(1)).shape == (entry.n_tokens, 32)
     assert isinstance(entry.shards()[0][resid_hook(1)], np.memmap)
+    # shards are standard safetensors: the reference reader sees the same tensors
+    from safetensors import safe_open
+
+    shard = entry.path / entry.meta["shards"][0]["file"]
+    with safe_open(str(shard), "np") as handle:
+        for h in hooks:
+            np.testing.assert_array_equal(handle.get_tensor(h), entry.shards()[0][h])
 
 
 def test_second_request_is_a_hit_without_forward(tiny, store, monkeypatch):

@@ -43,7 +43,6 @@ import numpy as np
 import torch
 import xxhash
 from filelock import FileLock
-from safetensors.numpy import save_file
 
 from .data import TextDataset
 from .errors import WorkbenchError
@@ -487,11 +486,7 @@ class _ShardWriter:
                 return
             name, buffer = item
             try:
-                arrays = {h: np.ascontiguousarray(np.concatenate(parts)) for h, parts in buffer.items()}
-                save_file(arrays, str(self.folder / name))
-                del arrays
-                file = self.folder / name
-                self.results[name] = {"bytes": file.stat().st_size, "xxh3": _xxh3_file(file)}
+                self.results[name] = write_safetensors_parts(self.folder / name, buffer)
             except BaseException as exc:  # reported to the extracting thread in close()
                 self.error = exc
 
@@ -506,6 +501,37 @@ class _ShardWriter:
         if self.error is not None:
             raise self.error
         return self.results
+
+
+def write_safetensors_parts(path: Path, tensors: dict[str, list[np.ndarray]]) -> dict:
+    """Write a safetensors file whose tensors are given as lists of row blocks, streamed.
+
+    Each tensor is the concatenation of its parts along axis 0 (all float32, same trailing
+    shape). Parts are written straight from their buffers — no concatenated copy, no serialised
+    copy — and the xxh3 checksum is computed on the bytes as they are written, so the file is
+    not read back. The layout is standard safetensors (8-byte header length, JSON header padded
+    to 8 bytes, raw little-endian data), readable by ``safetensors.safe_open``.
+    """
+    header, offset = {}, 0
+    for name, parts in tensors.items():
+        rows = sum(p.shape[0] for p in parts)
+        shape = [rows, *parts[0].shape[1:]]
+        nbytes = rows * int(np.prod(parts[0].shape[1:], dtype=np.int64)) * 4
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    digest = xxhash.xxh3_64()
+    with open(path, "wb") as handle:
+        for block in (struct.pack("<Q", len(raw)), raw):
+            handle.write(block)
+            digest.update(block)
+        for parts in tensors.values():
+            for part in parts:
+                view = memoryview(np.ascontiguousarray(part, dtype=np.float32)).cast("B")
+                handle.write(view)
+                digest.update(view)
+    return {"bytes": 8 + len(raw) + offset, "xxh3": digest.hexdigest()}
 
 
 def tokenize(model: LoadedModel, texts: list[str], max_length: int,
