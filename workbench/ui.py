@@ -147,7 +147,8 @@ def run(analysis: str, params: dict, choice: dict, button_label: str = "Run", au
     ss = st.session_state
     results = ss.setdefault("_results", {})
     key = result_key(analysis, choice.get("model"), choice.get("data_ref"), choice.get("vectors"), params)
-    clicked = st.button(button_label, type="primary", key=f"run_{analysis}")
+    # with auto=True the analysis reruns whenever its inputs change: a button would only repeat that
+    clicked = False if auto else st.button(button_label, type="primary", key=f"run_{analysis}")
     if key in results:
         return results[key]
     if not (clicked or auto):
