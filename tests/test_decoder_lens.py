@@ -262,9 +262,9 @@ def test_whisper_style_non_text_encoder(tok):
 
 
 # ------------------------------------------------------------------ the trained built-in model
-needs_model = pytest.mark.skipif(
-    not (MODEL_DIR / "model.safetensors").exists(), reason="run sample_data/train_seq2seq.py first"
-)
+# the trained model ships with the repo; its absence is a failure of the checkout, not a reason to skip
+assert (MODEL_DIR / "model.safetensors").exists(), "t5-tasks weights missing: run sample_data/train_seq2seq.py"
+needs_model = pytest.mark.usefixtures()
 
 
 @needs_model
