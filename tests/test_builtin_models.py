@@ -51,3 +51,100 @@ def test_minilm_sentence_embedding_equals_sentence_transformers(minilm, store):
     entry = store.get_or_extract(minilm, TextDataset.from_texts(texts), ["sentence_embedding", resid_hook(6)])
     np.testing.assert_allclose(entry.mean_pooled("sentence_embedding"), ref, atol=1e-5)
     assert minilm.kind == "encoder" and minilm.n_layers == 6 and minilm.d_model == 384
+
+
+# ---- the KV-cache path (generation, the inversion proposer) on the real decoder ---------------
+@pytest.fixture(scope="module")
+def smollm_plain(smollm):
+    """The same weights loaded with plain transformers, never touched by TransformerBridge."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(smollm.folder, dtype=torch.float32).eval()
+
+
+def _chat_ids(model, text="Write a sentence."):
+    ids = model.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                              return_tensors="pt", return_dict=True)["input_ids"]
+    return ids
+
+
+def test_smollm2_load_check_covers_the_kv_cache_path(smollm):
+    report = smollm.load_report
+    assert report["kv_cache_ok"] is True and report["kv_greedy_match"] is True
+    assert report["kv_step_max_abs_diff"] < 1e-4
+
+
+def test_smollm2_cached_step_equals_full_forward(smollm):
+    ids = torch.cat([_chat_ids(smollm), smollm.tokenizer(" The company has a new policy", return_tensors="pt",
+                                                        add_special_tokens=False)["input_ids"]], 1)
+    hf = smollm.hf_model
+    with torch.no_grad():
+        full = hf(input_ids=ids).logits[0]
+        first = hf(input_ids=ids[:, :-3], use_cache=True)
+        cache = first.past_key_values
+        for k in range(3, 0, -1):  # three cached steps, each against the full forward
+            pos = ids.shape[1] - k
+            step = hf(input_ids=ids[:, pos:pos + 1], past_key_values=cache, use_cache=True)
+            cache = step.past_key_values
+            assert float((step.logits[0, -1] - full[pos]).abs().max()) < 1e-4
+
+
+def test_smollm2_greedy_generate_equals_plain_transformers(smollm, smollm_plain):
+    ids = _chat_ids(smollm)
+    with torch.no_grad():
+        ours = smollm.hf_model.generate(ids, max_new_tokens=24, do_sample=False)
+        theirs = smollm_plain.generate(ids, max_new_tokens=24, do_sample=False)
+    assert ours.tolist() == theirs.tolist()
+    text = smollm.tokenizer.decode(ours[0, ids.shape[1]:], skip_special_tokens=True)
+    assert "--" not in text and len(set(text.split())) > 8, text  # fluent, not "The-------"
+
+
+def test_smollm2_hooked_activations_equal_plain_hidden_states(smollm, smollm_plain):
+    ids = smollm.tokenizer("Sparse autoencoders find features in the residual stream.", return_tensors="pt")["input_ids"]
+    acts = smollm.run_hooks(ids, torch.ones_like(ids), smollm.resid_hooks())
+    with torch.no_grad():
+        out = smollm_plain(input_ids=ids, output_hidden_states=True)
+    for layer in range(smollm.n_layers):  # HF's last entry has the final norm applied
+        ref = out.hidden_states[layer][0]
+        got = acts[resid_hook(layer)][0]
+        assert float((got - ref).abs().max() / ref.abs().max()) < 1e-5, layer
+    with torch.no_grad():
+        torch.testing.assert_close(smollm.bridge(ids), out.logits, atol=1e-4, rtol=1e-4)
+
+
+# ---- truncation keeps the tokenizer's special tokens -------------------------------------------
+def _long_abstracts(n=30):
+    from workbench.data import load_dataset
+
+    ds = load_dataset("abstracts")
+    return [t for t in ds.texts if len(t) > 1200][-n:]  # long held-out texts, cut at 128 tokens
+
+
+def test_minilm_truncated_texts_equal_transformers_and_sentence_transformers(minilm, store):
+    st_mod = pytest.importorskip("sentence_transformers")
+    texts = _long_abstracts()
+    entry = store.get_or_extract(minilm, TextDataset.from_texts(texts), [resid_hook(3), "sentence_embedding"],
+                                 max_length=128)
+    assert entry.meta["n_truncated"] == len(texts)
+    enc = minilm.tokenizer(texts, truncation=True, max_length=128, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hs = minilm.hf_model(**enc, output_hidden_states=True).hidden_states[3]
+    for i in range(len(texts)):
+        n = int(enc["attention_mask"][i].sum())
+        assert entry.token_ids(i).tolist() == enc["input_ids"][i, :n].tolist()
+        assert entry.token_ids(i)[-1] == minilm.tokenizer.sep_token_id
+        np.testing.assert_allclose(entry.text_activations(resid_hook(3), i), hs[i, :n].numpy(), atol=1e-4)
+    ref_model = st_mod.SentenceTransformer(str(minilm.folder), device="cpu")
+    ref_model.max_seq_length = 128
+    ref = ref_model.encode(texts, convert_to_numpy=True)
+    np.testing.assert_allclose(entry.mean_pooled("sentence_embedding"), ref, atol=1e-5)
+    np.testing.assert_allclose(minilm.embed(texts[:4]) if minilm.max_length == 128 else ref[:4], ref[:4], atol=1e-5)
+
+
+def test_smollm2_truncation_keeps_bos_and_counts(smollm, store):
+    texts = _long_abstracts(3)
+    entry = store.get_or_extract(smollm, TextDataset.from_texts(texts), [resid_hook(1)], max_length=32)
+    for i, text in enumerate(texts):
+        ids = smollm.tokenizer(text, truncation=True, max_length=32)["input_ids"]
+        assert entry.token_ids(i).tolist() == ids and len(ids) == 32
+    assert entry.meta["n_truncated"] == 3

@@ -28,15 +28,14 @@ def tiny(tiny_llama_dir):
 
 @pytest.fixture(scope="module")
 def plain_hf(tiny_llama_dir):
-    """The same weights as plain transformers (the bridge rewires ``m.hf_model`` in place)."""
+    """The same weights loaded again with plain transformers (an independent reference)."""
     from transformers import LlamaForCausalLM
 
     return LlamaForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
 
 
 def _close_logprobs(ours, theirs, atol=1e-4):
-    """Compare as log-probabilities: compatibility mode centres W_U (logits shift by a constant per
-    position, the distribution does not), so raw logits of the bridge and plain HF differ by that constant."""
+    """Compare as log-probabilities (what every lens statistic is computed from)."""
     torch.testing.assert_close(torch.log_softmax(ours.float(), -1), torch.log_softmax(theirs.float(), -1),
                                atol=atol, rtol=atol)
 

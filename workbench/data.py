@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,14 +112,31 @@ def _read_table(path: Path) -> pd.DataFrame:
     raise WorkbenchError(f"Unsupported file type {suffix!r} for {path}: use .txt, .csv, .jsonl or .parquet.")
 
 
+_SLICE = re.compile(r"^(?P<base>.+)\[(?P<start>\d*):(?P<stop>\d*)\]$")
+
+
 def load_dataset(spec: str | Path, text_column: str | None = None, label_column: str | None = None,
                  limit: int | None = None) -> TextDataset:
     """Load a built-in sample set by name or a text file / table by path.
 
     ``text_column`` defaults to the first of text/sentence/prompt/abstract/content found;
     ``label_column`` to label/topic/category if present. ``limit`` keeps the first N texts.
+    A trailing ``[start:stop]`` keeps those rows (Python slice of the non-empty texts), e.g.
+    ``abstracts[300:340]`` for texts a lens or probe never saw.
     """
     spec_str = str(spec)
+    sliced = _SLICE.match(spec_str)
+    if sliced and not Path(spec_str).expanduser().exists():
+        base = load_dataset(sliced["base"], text_column, label_column)
+        start = int(sliced["start"] or 0)
+        stop = int(sliced["stop"]) if sliced["stop"] else len(base)
+        if not start < min(stop, len(base)):
+            raise WorkbenchError(f"{spec_str}: the slice [{start}:{stop}] selects no text of the {len(base)} in "
+                                 f"{sliced['base']}.")
+        frame = base.frame.iloc[start:stop].reset_index(drop=True)
+        ds = TextDataset(spec_str, base.texts[start:stop], frame, base.text_column, base.label_column,
+                         source=spec_str, warnings=list(base.warnings))
+        return ds.subset(limit) if limit else ds
     if spec_str in BUILTIN_DATASETS:
         file, builtin_text, builtin_label, _ = BUILTIN_DATASETS[spec_str]
         path = SAMPLE_DATA / file

@@ -223,9 +223,11 @@ def fingerprint_of(folder: Path | None, name: str, dtype: str, revision: str | N
 class LoadedModel:
     """A model ready for hooked extraction.
 
-    Attributes: ``hf_model`` (transformers, eval, fp32), ``tokenizer``, ``bridge`` (a
-    TransformerBridge in compatibility mode, decoders only), ``kind``, ``n_layers`` (blocks),
-    ``d_model``, ``n_heads``, ``fingerprint``, ``load_report`` (timings, the logit check).
+    Attributes: ``hf_model`` (plain transformers, eval: the model to generate with and to use
+    ``past_key_values`` on), ``tokenizer``, ``bridge`` (decoders only: a TransformerBridge in
+    compatibility mode over a parameter-sharing twin of ``hf_model``, for hooks), ``kind``,
+    ``n_layers`` (blocks), ``d_model``, ``n_heads``, ``fingerprint``, ``load_report`` (timings and
+    the load check of both paths, see :func:`_load_check`).
     """
 
     name: str
@@ -242,6 +244,16 @@ class LoadedModel:
     sentence_pooling: str = "mean"
     sentence_normalize: bool = False
     load_report: dict = field(default_factory=dict)
+
+    def require_kv_cache(self, purpose: str = "generation") -> None:
+        """Refuse a decoder whose KV-cache path failed the load check (its generations would be wrong)."""
+        if self.kind != "decoder":
+            raise WorkbenchError(f"{purpose} needs a decoder (causal LM); {self.name} is an {self.kind}.")
+        if self.load_report.get("kv_cache_ok") is False:
+            raise WorkbenchError(
+                f"{self.name}'s KV-cache path failed the load check (one cached step differs from a full "
+                f"forward by {self.load_report.get('kv_step_max_abs_diff'):.3g}), so {purpose} would be wrong; "
+                "report this with the model name and the workbench version.")
 
     # ---- hook names -------------------------------------------------------------------------
     def resid_hooks(self) -> list[str]:
@@ -436,29 +448,53 @@ def _load_model_cached(name: str, dtype: str, trust_remote_code: bool, check_log
         sentence_pooling=pooling, sentence_normalize=normalize,
     )
     if kind == "decoder":
-        # the reference is taken before booting: the bridge rewires hf_model in place (its unembedding
-        # becomes the bridge's, centred), so afterwards hf_model is no longer the plain model
         reference = _plain_logits(hf_model, tokenizer) if check_logits else None
         model.bridge = _bridge(source, hf_model, tokenizer)
         model.n_layers = int(model.bridge.cfg.n_layers)
         if check_logits:
-            model.load_report.update(_logit_check(model, *reference))
+            model.load_report.update(_load_check(model, *reference))
     model.load_report["load_seconds"] = round(time.time() - t0, 2)
     return model
 
 
+def shared_twin(hf_model):
+    """A second module tree over the *same* parameter and buffer tensors (no weights copied).
+
+    TransformerBridge replaces the submodules of the model it is given with its own components, and
+    through those components the model's KV-cache path is wrong (on smollm2-135m one cached step's
+    logits differed from a full forward by 15.5, and greedy ``generate`` gave "The-----..."). So the
+    bridge gets this twin, and the model the workbench exposes as ``hf_model`` stays plain
+    transformers for generation and ``past_key_values``, while memory holds the weights once.
+    """
+    import copy
+
+    memo = {id(t): t for t in list(hf_model.parameters()) + list(hf_model.buffers())}
+    return copy.deepcopy(hf_model, memo)
+
+
 def _bridge(source: str, hf_model, tokenizer):
+    """TransformerBridge over a parameter-sharing twin of ``hf_model`` (which it leaves untouched).
+
+    Compatibility mode gives the TransformerLens names and accessors (``W_U``, ``W_O``,
+    ``ln_final``, ``attn.hook_z``); ``no_processing=True`` keeps the weights as they are (no
+    fold_ln, no centring of writing weights or of the unembedding), so the hooked residual stream
+    equals plain transformers' hidden states and the bridge's logits equal the model's logits.
+    Weight processing would also have to write new tensors, breaking the sharing.
+    """
     from transformer_lens.model_bridge import TransformerBridge
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bridge = TransformerBridge.boot_transformers(source, hf_model=hf_model, tokenizer=tokenizer, device="cpu")
-        bridge.enable_compatibility_mode()
+        bridge = TransformerBridge.boot_transformers(source, hf_model=shared_twin(hf_model), tokenizer=tokenizer,
+                                                     device="cpu")
+        bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
     bridge.eval()
     return bridge
 
 
 LOGIT_CHECK_TEXT = "The capital of France is"
+#: greedy tokens generated through the KV cache in the load check
+LOAD_CHECK_NEW_TOKENS = 4
 
 
 @torch.no_grad()
@@ -468,18 +504,42 @@ def _plain_logits(hf_model, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def _logit_check(model: LoadedModel, ids: torch.Tensor, plain: torch.Tensor) -> dict:
-    """Hooked vs plain transformers logits on the same token ids (no BOS added on either side).
+def _load_check(model: LoadedModel, ids: torch.Tensor, plain: torch.Tensor) -> dict:
+    """Check on every load that both decoder paths behave like plain transformers.
 
-    TransformerLens's compatibility mode centres the unembedding, which shifts every position's
-    logits by a constant and leaves the distribution unchanged; so the check compares log-probs
-    and per-position-centred logits.
+    1. Hooked path: the bridge's logits against the plain full forward (taken before the bridge was
+       booted) on the same ids, as log-probs (``logprob_max_abs_diff``).
+    2. KV-cache path of ``model.hf_model`` (what generation and the inversion proposer use): the
+       logits of one cached step against the full forward (``kv_step_max_abs_diff``), and
+       :data:`LOAD_CHECK_NEW_TOKENS` greedy tokens from ``generate`` against greedy decoding by
+       repeated full forwards of the bridge (``kv_greedy_match``).
+
+    Past the tolerance a warning is raised and ``kv_cache_ok`` is False; paths that need the KV
+    cache refuse such a model (see :meth:`LoadedModel.require_kv_cache`).
     """
     hooked = model.bridge(ids).float()
     logprob_diff = float((hooked.log_softmax(-1) - plain.log_softmax(-1)).abs().max())
-    centred_diff = float(((hooked - hooked.mean(-1, keepdim=True)) - (plain - plain.mean(-1, keepdim=True))).abs().max())
     if logprob_diff > LOGIT_CHECK_TOLERANCE:
         warnings.warn(f"{model.name}: hooked log-probs differ from plain transformers by {logprob_diff:.2e} "
                       f"(tolerance {LOGIT_CHECK_TOLERANCE:g}); results may not match the plain model.")
-    return {"logprob_max_abs_diff": logprob_diff, "centred_logit_max_abs_diff": centred_diff,
-            "logit_check_text": LOGIT_CHECK_TEXT}
+    hf = model.hf_model
+    first = hf(input_ids=ids[:, :-1], use_cache=True)
+    step = hf(input_ids=ids[:, -1:], past_key_values=first.past_key_values, use_cache=True).logits.float()
+    kv_diff = float((step[0, -1] - plain[0, -1]).abs().max())
+    pad = model.tokenizer.pad_token_id
+    generated = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=LOAD_CHECK_NEW_TOKENS,
+                            min_new_tokens=LOAD_CHECK_NEW_TOKENS, do_sample=False, pad_token_id=pad)
+    greedy_kv = generated[0, ids.shape[1]:].tolist()
+    seq = ids
+    for _ in range(LOAD_CHECK_NEW_TOKENS):
+        nxt = model.bridge(seq)[:, -1].argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt], 1)
+    greedy_full = seq[0, ids.shape[1]:].tolist()
+    kv_ok = kv_diff <= LOGIT_CHECK_TOLERANCE and greedy_kv == greedy_full
+    if not kv_ok:
+        warnings.warn(f"{model.name}: the KV-cache path disagrees with a full forward (one cached step differs by "
+                      f"{kv_diff:.3g}; greedy tokens {greedy_kv} vs {greedy_full}); generation would be wrong.")
+    return {"logprob_max_abs_diff": logprob_diff,
+            "logit_max_abs_diff": float((hooked - plain).abs().max()),
+            "kv_step_max_abs_diff": kv_diff, "kv_greedy_tokens": greedy_kv, "kv_greedy_match": greedy_kv == greedy_full,
+            "kv_cache_ok": bool(kv_ok), "logit_check_text": LOGIT_CHECK_TEXT}

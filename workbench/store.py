@@ -51,7 +51,7 @@ from .paths import atomic_write, cache_dir
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: truncation keeps the tokenizer's special tokens
 DEFAULT_SHARD_BYTES = 256 * 2**20
 DEFAULT_MAX_GB = 20.0
 
@@ -536,13 +536,35 @@ def write_safetensors_parts(path: Path, tensors: dict[str, list[np.ndarray]]) ->
 
 def tokenize(model: LoadedModel, texts: list[str], max_length: int,
              prepend_bos: bool | None) -> tuple[list[dict], int]:
-    """Token ids, token strings and character offsets per text, with BOS handling and truncation."""
+    """Token ids, token strings and character offsets per text, with BOS handling and truncation.
+
+    Truncation is the tokenizer's own (``truncation=True``): it cuts content tokens and keeps the
+    special tokens it adds, e.g. BERT's closing ``[SEP]`` and T5's ``</s>``, exactly as plain
+    transformers and sentence-transformers do. ``prepend_bos`` True/False adds or strips a leading
+    BOS after truncation, so the budget given to the tokenizer is adjusted by that one token and
+    every stored text has at most ``max_length`` tokens. Returns ``(rows, n_truncated)``.
+    """
     tok = model.tokenizer
     bos = tok.bos_token_id
     if prepend_bos and bos is None:
         raise WorkbenchError(f"{model.name}'s tokenizer has no BOS token: use prepend_bos=None or False.")
-    enc = tok(texts, add_special_tokens=True, truncation=False, return_offsets_mapping=tok.is_fast)
-    out, n_truncated = [], 0
+    probe = tok("a", add_special_tokens=True)["input_ids"]
+    adds_bos = bos is not None and bool(probe) and probe[0] == bos
+    budget = max_length
+    if prepend_bos is True and not adds_bos:
+        budget -= 1
+    elif prepend_bos is False and adds_bos:
+        budget += 1
+    if budget < 1 + max(0, len(probe) - len(tok("a", add_special_tokens=False)["input_ids"])):
+        raise WorkbenchError(f"max_length {max_length} leaves no room for content after {model.name}'s special tokens.")
+    enc = tok(texts, add_special_tokens=True, truncation=True, max_length=budget,
+              return_offsets_mapping=tok.is_fast)
+    if tok.is_fast:
+        truncated = [bool(e.overflowing) for e in enc.encodings]
+    else:  # slow tokenizers do not report overflow: compare with the untruncated length
+        full = tok(texts, add_special_tokens=True, truncation=False)["input_ids"]
+        truncated = [len(f) > budget for f in full]
+    out = []
     for i in range(len(texts)):
         ids = list(enc["input_ids"][i])
         offsets = [list(o) for o in enc["offset_mapping"][i]] if tok.is_fast else [[0, 0]] * len(ids)
@@ -550,9 +572,6 @@ def tokenize(model: LoadedModel, texts: list[str], max_length: int,
             ids, offsets = [bos] + ids, [[0, 0]] + offsets
         elif prepend_bos is False and ids and bos is not None and ids[0] == bos:
             ids, offsets = ids[1:], offsets[1:]
-        if len(ids) > max_length:
-            n_truncated += 1
-            ids, offsets = ids[:max_length], offsets[:max_length]
         out.append({"ids": ids, "offsets": offsets})
     flat = [i for t in out for i in t["ids"]]
     strings = tok.batch_decode([[i] for i in flat]) if flat else []
@@ -560,7 +579,7 @@ def tokenize(model: LoadedModel, texts: list[str], max_length: int,
     for t in out:
         t["strings"] = strings[pos:pos + len(t["ids"])]
         pos += len(t["ids"])
-    return out, n_truncated
+    return out, int(sum(truncated))
 
 
 def _folder_bytes(path: Path) -> int:

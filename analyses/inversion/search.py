@@ -220,8 +220,9 @@ class Proposer:
     def __init__(self, model):
         if model.kind != "decoder":
             raise WorkbenchError(f"The proposer must be a decoder (causal LM), {model.name} is a {model.kind}.")
+        model.require_kv_cache("the inversion proposer")
         self.model = model
-        self.hf = model.hf_model
+        self.hf = model.hf_model  # plain transformers: its KV-cache path is checked on every load
         self.tokenizer = model.tokenizer
         vocab = int(self.hf.get_output_embeddings().weight.shape[0])
         self.banned = banned_token_mask(self.tokenizer, vocab)

@@ -3,9 +3,8 @@
 Conventions (TransformerLens names, see ``workbench.models``): layer 0 is the embedding output,
 layer ``l >= 1`` the output of block ``l-1``, layer ``L`` the last block's output *before* the
 final norm. For every layer the lens decodes a residual state ``h [N, D]`` with the model's own
-final norm and unembedding, taken from the TransformerBridge in compatibility mode
-(``bridge.ln_final``, ``bridge.W_U``, ``bridge.b_U``; never HF's ``norm``/``lm_head``, whose
-weights TransformerLens may have folded):
+final norm and unembedding, taken from the TransformerBridge (``bridge.ln_final``, ``bridge.W_U``,
+``bridge.b_U``; the bridge runs without weight processing, so these are the model's own weights):
 
 - logit lens:  ``z_l = LN_f(h_l) @ W_U + b_U``
 - tuned lens:  ``z_l = LN_f(h_l + A_l h_l + b_l) @ W_U + b_U`` for ``l < L`` (one affine translator
@@ -41,9 +40,9 @@ CHUNK = 256
 class Unembed(torch.nn.Module):
     """The model's final norm + unembedding: ``[..., D] -> logits [..., V]`` (fp32).
 
-    Built from a TransformerBridge (compatibility mode): ``ln_final`` is the bridge's own component
-    and ``W_U [D, V]``, ``b_U [V]`` its (possibly folded) unembedding, detached so that training a
-    lens never writes gradients into the model.
+    Built from a TransformerBridge: ``ln_final`` is the bridge's final-norm component and
+    ``W_U [D, V]``, ``b_U [V]`` the unembedding, detached so that training a lens never writes
+    gradients into the model.
     """
 
     def __init__(self, norm: torch.nn.Module, W_U: torch.Tensor, b_U: torch.Tensor | None):
