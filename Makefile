@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: app test setup bench clean
+.PHONY: app test setup bench results clean
 
 $(STAMP): pyproject.toml requirements-ref.txt Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,10 @@ app: $(STAMP)
 
 test: $(STAMP)
 	WORKBENCH_SLOW_TESTS=1 $(BIN)/python -m pytest -q tests --durations=15
+
+# every README results table, regenerated from the CLI into results/ (manifests included); hours on 2 cores
+results: $(STAMP)
+	$(BIN)/workbench reproduce --out results --update-readme
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

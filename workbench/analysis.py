@@ -59,6 +59,7 @@ class AnalysisSpec:
     page: str | None = None
     figures: dict[str, FigureFn] = field(default_factory=dict)
     param_help: dict[str, str] = field(default_factory=dict)
+    readme_tables: tuple = ()  # workbench.reproduce.ReadmeTable: README results made by this analysis
 
 
 _REGISTRY: dict[str, AnalysisSpec] = {}

@@ -8,6 +8,7 @@
     workbench run ANALYSIS --vectors FILE --out DIR         (analyses that accept vectors)
     workbench batch PLAN.yaml                      a grid of analyses x models x datasets + index.html
     workbench cache ls | verify | rm KEY | clear
+    workbench reproduce [TABLE ...] [--update-readme]  the README's results tables, from these commands
     workbench app [--port 8501]                    serve the Streamlit app on 127.0.0.1
 
 Errors a user can cause print one line and exit with status 2.
@@ -269,6 +270,18 @@ def cmd_cache(args) -> None:
         print(f"removed {store.clear()} entries from {store.root}")
 
 
+def cmd_reproduce(args) -> None:
+    from .reproduce import README, all_tables, reproduce
+
+    if args.list:
+        for name, table in all_tables().items():
+            print(f"{name}: {table.title} (about {table.minutes:g} min)")
+            for job, command in table.jobs.items():
+                print(f"    {job}: {command}")
+        return
+    reproduce(args.tables or None, out=args.out, force=args.force, readme=README if args.update_readme else None)
+
+
 def cmd_app(args) -> None:
     import subprocess
 
@@ -323,6 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["ls", "verify", "rm", "clear"])
     p.add_argument("key", nargs="?")
     p.set_defaults(fn=cmd_cache)
+
+    p = sub.add_parser("reproduce", help="regenerate the README's results tables from the shipped commands")
+    p.add_argument("tables", nargs="*", help="table names (default: all; see --list)")
+    p.add_argument("--out", default="results", help="folder for every job's result, figure and manifest")
+    p.add_argument("--update-readme", action="store_true", help="replace the tables' blocks in README.md")
+    p.add_argument("--force", action="store_true", help="rerun jobs whose output is already there")
+    p.add_argument("--list", action="store_true", help="list the tables and their commands")
+    p.set_defaults(fn=cmd_reproduce)
 
     p = sub.add_parser("app", help="serve the Streamlit app (127.0.0.1 by default)")
     p.add_argument("--port", type=int, default=8501)

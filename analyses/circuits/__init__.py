@@ -88,6 +88,8 @@ def figure(result: Result):
     return fig
 
 
+from .results_tables import TABLES  # noqa: E402
+
 register(AnalysisSpec(
     name="circuits",
     title="Circuits (SAE circuit finding)",
@@ -99,4 +101,5 @@ register(AnalysisSpec(
     inputs=("task",),
     page="pages/6_Circuits.py",
     param_help=dict(PARAM_HELP),
+    readme_tables=TABLES,
 ))

@@ -192,6 +192,8 @@ def figure(result):
 def _register():
     try:
         from workbench.analysis import AnalysisSpec, register
+
+        from .results_tables import TABLES
     except ImportError:  # core registry not available (yet); the back-end still works
         return
     register(
@@ -208,6 +210,7 @@ def _register():
             inputs=("model",),
             page="pages/3_DecoderLens.py",
             param_help=PARAM_HELP,
+            readme_tables=TABLES,
         )
     )
 

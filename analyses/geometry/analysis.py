@@ -341,12 +341,15 @@ def figure_projection(result) -> go.Figure:
 def register_all() -> None:
     from workbench.analysis import AnalysisSpec, register
 
+    from .results_tables import TABLES
+
     register(AnalysisSpec(
         name="geometry",
         title="Geometry: anisotropy and intrinsic dimension",
         question="How anisotropic are the representations at each layer, and how many dimensions do they really use?",
         run=run_geometry, figure=figure_geometry, defaults=dict(GEOMETRY_DEFAULTS),
-        inputs=("model", "vectors"), page="pages/4_Geometry.py", param_help=dict(GEOMETRY_HELP)))
+        inputs=("model", "vectors"), page="pages/4_Geometry.py", param_help=dict(GEOMETRY_HELP),
+        readme_tables=TABLES))
     register(AnalysisSpec(
         name="projection",
         title="2-D map of one layer (PCA / UMAP)",

@@ -29,6 +29,8 @@ from workbench.analysis import AnalysisSpec, RunContext, register
 from workbench.errors import WorkbenchError
 from workbench.results import Result
 
+from . import results_tables
+
 from .metrics import text_metrics
 from .search import REFINE_PROMPT, STAGE1_PROMPT, Embedder, Proposer, SearchConfig, invert
 
@@ -221,6 +223,7 @@ register(AnalysisSpec(
     figure=figure,
     defaults=DEFAULTS,
     inputs=("model", "vectors"),
+    readme_tables=results_tables.TABLES,
     page="pages/7_Inversion.py",
     param_help={
         "embedder": "the embedder when no model is given (e.g. CLI --vectors); --model takes precedence",

@@ -36,6 +36,8 @@ from workbench.data import TextDataset, load_dataset
 from workbench.errors import WorkbenchError
 from workbench.results import Result
 
+from . import results_tables
+
 from . import metrics
 from .augment import AugmentSettings, augment_texts
 from .core import METRIC_COLUMNS, POOLINGS, VECTOR_METRICS, layer_row, pool, timed
@@ -321,6 +323,7 @@ register(AnalysisSpec(
     defaults=DEFAULTS,
     param_help=PARAM_HELP,
     inputs=("model", "vectors"),
+    readme_tables=results_tables.TABLES,
     page="pages/5_Layer_quality.py",
 ))
 

@@ -9,6 +9,7 @@
 from workbench.analysis import AnalysisSpec, register
 
 from . import analysis as _analysis
+from . import results_tables
 from .cli import register_cli
 from .core import TunedLens, Unembed, stats_from_logprobs  # noqa: F401
 from .train import find_lens, load_lens, train_tuned_lens  # noqa: F401
@@ -40,6 +41,7 @@ register(AnalysisSpec(
     inputs=("model",),
     page="pages/2_Lenses.py",
     figures={"curves": lambda r: _analysis.curves(r.table)},
+    readme_tables=results_tables.TABLES,
 ))
 
 register_cli()

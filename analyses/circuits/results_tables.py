@@ -1,0 +1,65 @@
+"""The README's circuits tables: the SAE method against ablation on the project's induction model,
+and on smollm2-135m with IOI prompts."""
+
+from __future__ import annotations
+
+from workbench.reproduce import ReadmeTable, fmt, md_table
+
+
+def _pm(summary_block, key):
+    return f"{fmt(summary_block[key + '_mean'])} ± {fmt(summary_block[key + '_sd'])}"
+
+
+def render_induction(results) -> str:
+    rows = []
+    for job, label in (("threshold-0.02", "effect > 0.02 of the gap"), ("threshold-0.05", "effect > 0.05 of the gap")):
+        s = results[job].summary
+        v = s["vs_ablation"]
+        rt = s["runtimes_s"]
+        rows.append([f"reference: {label} ({v['n_reference_heads']} heads: {', '.join(v['reference_heads'])})",
+                     f"**{_pm(v, 'node_roc_auc')}** ({', '.join(fmt(x) for x in v['node_roc_auc_per_seed'])})",
+                     _pm(v, "edge_roc_auc") if "edge_roc_auc_mean" in v else "",
+                     _pm(v, "node_tpr_tnr_hmean"),
+                     f"{fmt(v['node_precision_mean'], 2)} / {fmt(v['node_recall_mean'], 2)}",
+                     f"{fmt(rt['sae_run'], 1)} s / {fmt(rt['ablation'], 1)} s ({fmt(rt['ablation_over_sae'], 1)}× wall, "
+                     f"{fmt(rt['cpu']['ablation_over_sae'], 1)}× CPU)"])
+    s = results["threshold-0.02"].summary
+    t = results["threshold-0.02"].table.set_index("label")
+    top = t.sort_values("ablation_effect_norm", ascending=False).head(7)
+    effects = ", ".join(f"{h} {fmt(r['ablation_effect_norm'], 3)}" for h, r in top.iterrows())
+    prev = t["prev_token_score"].idxmax()
+    ind = t.sort_values("induction_score", ascending=False).head(3)
+    header = ["prompts a side × seeds", "node ROC-AUC (per seed)", "edge ROC-AUC",
+              "paper's \"F1\" (harmonic mean of TPR, TNR)", "precision / recall", "SAE run / ablation run"]
+    return "\n".join([
+        f"`attn-only-induction`, {s['n_positive']} + {s['n_negative']} prompts, {len(s['seeds'])} seeds. The "
+        f"reference circuit is established without the SAE: mean-ablation effect as a share of the clean − "
+        f"unrepeated gap (largest: {effects}); previous-token score {prev} {fmt(t.loc[prev, 'prev_token_score'], 2)}; "
+        f"induction scores " + ", ".join(f"{h} {fmt(r['induction_score'], 2)}" for h, r in ind.iterrows()) + ".",
+        "", md_table(header, [[f"{s['n_positive']} × {len(s['seeds'])}: " + r[0]] + r[1:] for r in rows])])
+
+
+def render_ioi(results) -> str:
+    s = results["ioi"].summary
+    v = s["vs_ablation"]
+    abl = s["ablation"]
+    return "\n".join([
+        f"`smollm2-135m` (30 × 9 heads) on IOI, {s['n_positive']} prompts a side, {len(s['seeds'])} seed(s): "
+        f"Spearman correlation between SAE node scores and ablation effects **{fmt(s['spearman_sae_vs_ablation'], 2)}**; "
+        f"SAE node ROC-AUC against the ablation-established circuit ({v['n_reference_heads']} heads above "
+        f"{abl['circuit_threshold']} of the gap) {_pm(v, 'node_roc_auc')}. Clean metric {fmt(abl['clean_metric'], 2)}, "
+        f"negative prompts {fmt(abl['negative_metric'], 2)}.", "",
+        md_table(["rank", "top heads by ablation", "top heads by SAE score"],
+                 [[i + 1, a, b] for i, (a, b) in enumerate(zip(s["top_heads_ablation"], s["top_heads_sae"]))])])
+
+
+_IND = "workbench run circuits --model attn-only-induction --set task=induction --set n_examples=250 --set seeds=5"
+TABLES = (
+    ReadmeTable(name="circuits_induction", title="SAE circuit finding vs ablation on attn-only-induction",
+                jobs={"threshold-0.02": _IND, "threshold-0.05": f"{_IND} --set circuit_threshold=0.05"},
+                render=render_induction, minutes=6),
+    ReadmeTable(name="circuits_ioi", title="SAE circuit finding vs ablation on smollm2-135m, IOI",
+                jobs={"ioi": "workbench run circuits --model smollm2-135m --set task=ioi --set n_examples=16 "
+                             "--set seeds=1"},
+                render=render_ioi, minutes=20),
+)
