@@ -31,4 +31,5 @@ def slow(*args, **kwargs):
 
 model.run_hooks = slow
 entry = store.get_or_extract(model, ds, batch_size=4)
-Path(out).write_text(json.dumps({"key": entry.key, "forward_calls": calls["n"], "n_tokens": entry.n_tokens}))
+Path(out).write_text(json.dumps({"key": entry.key, "forward_calls": calls["n"], "n_tokens": entry.n_tokens,
+                                 "extracted": entry.extracted}))

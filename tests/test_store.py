@@ -127,7 +127,8 @@ def test_lru_eviction(tiny, tmp_path):
     time.sleep(0.05)
     b = store.get_or_extract(tiny, TextDataset.from_texts(TEXTS[:3], name="b"))
     time.sleep(0.05)
-    store.open(a.key)  # a is now the most recently used
+    store.open(a.key).close()  # a is now the most recently used
+    a.close(), b.close()  # an entry still open is never evicted (tested below)
     store.max_bytes = max(r["bytes"] for r in store.entries()) + 1
     evicted = store.evict()
     assert evicted == [b.key]
@@ -171,5 +172,7 @@ def test_two_concurrent_extractions_make_one_entry(tiny_llama_dir, tmp_path):
     assert results[0]["key"] == results[1]["key"]
     # exactly one of them ran the forward passes; the other found the finished entry
     assert sorted(r["forward_calls"] for r in results)[0] == 0
+    # and only that one says it extracted: the one that waited on the lock reused the entry
+    assert sorted(r["extracted"] for r in results) == [False, True]
     store = ActivationStore(root=root)
     assert len(store.entries()) == 1 and store.verify(results[0]["key"]) is None

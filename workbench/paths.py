@@ -19,7 +19,13 @@ SAMPLE_DATA = PROJECT_ROOT / "sample_data"
 def cache_dir() -> Path:
     """The workbench's cache root (created on first use)."""
     root = Path(os.environ.get("WORKBENCH_CACHE", Path.home() / ".cache" / "workbench")).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from .errors import WorkbenchError
+
+        raise WorkbenchError(f"Cannot use {root} as the workbench cache ({exc.strerror}): set WORKBENCH_CACHE to a "
+                             "writable folder.") from exc
     return root
 
 

@@ -3,46 +3,59 @@
 An entry holds named activations for every token of every text of one dataset, keyed by
 ``sha256(model fingerprint, dataset content hash, hook names, max_length, prepend_bos)``.
 
-Layout of ``<root>/<key>/``::
+Layout of ``<root>/<key>/`` (``key`` is 32 lowercase hex digits; nothing else is ever deleted)::
 
-    meta.json                 key parts, hooks and shapes, lengths, shard list with checksums
-    tokens.json               token ids, token strings and character offsets per text
+    meta.json                 key parts, hooks and shapes, counts, every other file with size and xxh3
+    meta.xxh3                 the xxh3 of meta.json, so an edit anywhere in the entry is detected
+    tokens.safetensors        columnar token metadata, memory-mapped: lengths [N], ids [T],
+                              char_offsets [T, 2], string_starts [T + 1], string_bytes [B] (UTF-8)
     shard_00000.safetensors   {hook: float32 [tokens_in_shard, ...]} (sentence hooks: [texts_in_shard, D])
-    ...
+    reader.lock               readers hold a shared lock on it; deleting needs the exclusive one
+    last_used                 its mtime orders least-recently-used eviction
 
 Token activations of a text are stored contiguously without padding; ``offsets`` locates them.
 
 Guarantees:
 
-- Writes are atomic: an entry is built in a temporary folder and renamed into place, so a reader
-  sees no entry or a complete one (a writer killed midway leaves only a temporary folder, which is
-  removed by the next writer of the same key).
+- Writes are atomic: an entry is built in ``.tmp-<key>-<pid>-<nonce>/`` and renamed into place, so
+  a reader sees no entry or a complete one. A writer that died leaves its temporary folder: it is
+  listed by ``cache ls``, counted against the size cap, and removed by the next write once it is
+  older than :data:`STALE_SECONDS` (or by ``cache clean`` / ``cache verify`` at once) provided no
+  live writer holds the key's lock.
 - Two processes asking for the same key serialise on a file lock; the second finds the entry built.
-- Each shard has an xxh3 checksum; an entry is verified (sizes and checksums) the first time a
-  process opens it, and a corrupt or truncated entry is deleted and rebuilt.
+- Every file of an entry is covered by a checksum (meta.json by meta.xxh3, the others by meta.json).
+  The metadata is checked on every open, the data files the first time a process opens the entry;
+  a corrupt, truncated or unreadable entry is moved aside and rebuilt.
+- An entry open in any process (a :class:`CacheEntry` alive) is never deleted by eviction or
+  ``cache rm``: deletion takes the exclusive lock on ``reader.lock`` without waiting, and skips
+  entries whose readers hold the shared one.
 - The cache has a size cap with least-recently-used eviction (``WORKBENCH_CACHE_MAX_GB``, default 20).
-- Memory during extraction is bounded by one batch plus one shard, never the whole corpus.
+- Memory during extraction is bounded by one batch plus one shard, never the whole corpus: texts
+  are tokenised batch by batch and token metadata is spooled to disk.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import struct
 import time
 import uuid
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import xxhash
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from .data import TextDataset
 from .errors import WorkbenchError
@@ -51,11 +64,27 @@ from .paths import atomic_write, cache_dir
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: truncation keeps the tokenizer's special tokens
+FORMAT_VERSION = 3  # 2: truncation keeps special tokens; 3: columnar tokens, meta checksum, reader locks
 DEFAULT_SHARD_BYTES = 256 * 2**20
 DEFAULT_MAX_GB = 20.0
+#: a dead writer's temporary folder older than this is removed by the next write
+STALE_SECONDS = 3600.0
+KEY_RE = re.compile(r"^[0-9a-f]{32}$")
+_TMP_RE = re.compile(r"^\.tmp-(?P<key>[0-9a-f]{32})-")
+_DELETING_PREFIX = ".deleting-"
+READER_LOCK = "reader.lock"
+META_SUM = "meta.xxh3"
+TOKENS_FILE = "tokens.safetensors"
 
 Progress = Callable[[int, int, str], None]
+
+_DTYPES = {"F32": np.float32, "F16": np.float16, "I32": np.int32, "I64": np.int64, "F64": np.float64,
+           "U8": np.uint8}
+_CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
+
+
+class CorruptEntry(Exception):
+    """Raised internally when an entry fails a check; the message says which."""
 
 
 def _xxh3_file(path: Path, chunk: int = 1 << 24) -> str:
@@ -68,7 +97,6 @@ def _xxh3_file(path: Path, chunk: int = 1 << 24) -> str:
 
 def memmap_safetensors(path: Path) -> dict[str, np.ndarray]:
     """Memory-map every tensor of a safetensors file as a read-only numpy array (no copy, no read)."""
-    dtypes = {"F32": np.float32, "F16": np.float16, "I32": np.int32, "I64": np.int64, "F64": np.float64}
     with open(path, "rb") as handle:
         (header_len,) = struct.unpack("<Q", handle.read(8))
         header = json.loads(handle.read(header_len))
@@ -80,25 +108,113 @@ def memmap_safetensors(path: Path) -> dict[str, np.ndarray]:
         begin, end = info["data_offsets"]
         shape = tuple(info["shape"])
         if end == begin:
-            arrays[name] = np.zeros(shape, dtypes[info["dtype"]])
+            arrays[name] = np.zeros(shape, _DTYPES[info["dtype"]])
             continue
-        arrays[name] = np.memmap(path, dtype=dtypes[info["dtype"]], mode="r", offset=base + begin, shape=shape)
+        arrays[name] = np.memmap(path, dtype=_DTYPES[info["dtype"]], mode="r", offset=base + begin, shape=shape)
     return arrays
+
+
+# ---- readers' leases ---------------------------------------------------------------------------
+class _Lease:
+    """A shared flock on an entry's ``reader.lock``: while held, nobody deletes the entry."""
+
+    def __init__(self, path: Path):
+        self.fd: int | None = os.open(path / READER_LOCK, os.O_RDONLY)
+        fcntl.flock(self.fd, fcntl.LOCK_SH)
+        # the entry may have been moved aside between our open and our lock: then it is gone
+        try:
+            same = os.stat(path / READER_LOCK).st_ino == os.fstat(self.fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            self.release()
+            raise FileNotFoundError(path)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __del__(self):
+        self.release()
+
+
+def _exclusive(path: Path) -> int | None:
+    """The exclusive flock of an entry without waiting (an fd to close), or None if a reader holds it."""
+    try:
+        fd = os.open(path / READER_LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return -1  # no lock file (a half-written or foreign folder): nobody can be reading it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+# ---- metadata ----------------------------------------------------------------------------------
+_META_FIELDS = {"format": int, "key": str, "model_name": str, "model_fingerprint": str, "dataset_name": str,
+                "dataset_hash": str, "hooks": list, "shapes": dict, "max_length": int, "n_texts": int,
+                "n_tokens": int, "n_truncated": int, "shards": list, "files": dict, "created": (int, float)}
+
+
+def read_meta(path: Path) -> dict:
+    """meta.json of an entry folder, checked against meta.xxh3 and for its fields; CorruptEntry otherwise."""
+    try:
+        raw = (path / "meta.json").read_bytes()
+        expected = (path / META_SUM).read_text().strip()
+    except FileNotFoundError as exc:
+        raise CorruptEntry(f"{Path(exc.filename).name} missing") from exc
+    if xxhash.xxh3_64(raw).hexdigest() != expected:
+        raise CorruptEntry("meta.json does not match its checksum (edited or damaged)")
+    try:
+        meta = json.loads(raw)
+    except ValueError as exc:
+        raise CorruptEntry(f"meta.json is not JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise CorruptEntry("meta.json is not an object")
+    if meta.get("format") != FORMAT_VERSION:
+        raise CorruptEntry(f"format {meta.get('format')!r} is not {FORMAT_VERSION} (made by another version)")
+    for name, kind in _META_FIELDS.items():
+        if not isinstance(meta.get(name), kind):
+            raise CorruptEntry(f"meta.json field {name!r} is missing or not {getattr(kind, '__name__', kind)}")
+    if meta["key"] != path.name:
+        raise CorruptEntry(f"meta.json names key {meta['key']!r}, the folder is {path.name}")
+    return meta
+
+
+def _write_meta(folder: Path, meta: dict) -> None:
+    raw = json.dumps(meta).encode()
+    with atomic_write(folder / "meta.json", "wb") as handle:
+        handle.write(raw)
+    with atomic_write(folder / META_SUM) as handle:
+        handle.write(xxhash.xxh3_64(raw).hexdigest())
 
 
 @dataclass
 class CacheEntry:
-    """A complete cache entry, read memory-mapped. Token activations are float32 ``[len_i, ...]``."""
+    """A complete cache entry, read memory-mapped. Token activations are float32 ``[len_i, ...]``.
+
+    While the object is alive it holds a reader's lease, so no process deletes the entry under it;
+    :meth:`close` gives the lease back early.
+    """
 
     path: Path
     meta: dict
+    lease: "_Lease | None" = field(default=None, repr=False)
+    extracted: bool = False  # True when this call made the entry (not a cache hit)
 
     def __post_init__(self):
-        self._tokens: dict | None = None
         self._shards: list[dict[str, np.ndarray]] | None = None
-        self.lengths = np.asarray(self.meta["lengths"], dtype=np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+        self._tok = memmap_safetensors(self.path / TOKENS_FILE)
+        self.lengths = np.asarray(self._tok["lengths"], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
         self.text_starts = np.asarray([0] + [s["text_end"] for s in self.meta["shards"]], dtype=np.int64)
+
+    def close(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
 
     # ---- metadata --------------------------------------------------------------------------
     @property
@@ -117,19 +233,23 @@ class CacheEntry:
     def n_tokens(self) -> int:
         return int(self.offsets[-1])
 
-    def _token_meta(self) -> dict:
-        if self._tokens is None:
-            self._tokens = json.loads((self.path / "tokens.json").read_text())
-        return self._tokens
-
     def token_ids(self, i: int) -> np.ndarray:
-        return np.asarray(self._token_meta()["ids"][i], dtype=np.int64)
+        """Token ids of text ``i`` ``[len_i]`` (int64)."""
+        self._check_text(i)
+        return np.asarray(self._tok["ids"][self.offsets[i]:self.offsets[i + 1]], dtype=np.int64)
 
     def token_strings(self, i: int) -> list[str]:
-        return self._token_meta()["strings"][i]
+        """Each token of text ``i`` decoded on its own (as the tokenizer's ``decode([id])``)."""
+        self._check_text(i)
+        starts = self._tok["string_starts"][self.offsets[i]:self.offsets[i + 1] + 1]
+        blob = bytes(self._tok["string_bytes"][starts[0]:starts[-1]])
+        base = int(starts[0])
+        return [blob[int(a) - base:int(b) - base].decode("utf-8") for a, b in zip(starts[:-1], starts[1:])]
 
     def char_offsets(self, i: int) -> list[list[int]]:
-        return self._token_meta()["offsets"][i]
+        """``[start, end)`` character span of each token of text ``i`` in the original text."""
+        self._check_text(i)
+        return np.asarray(self._tok["char_offsets"][self.offsets[i]:self.offsets[i + 1]]).tolist()
 
     # ---- arrays ----------------------------------------------------------------------------
     def shards(self) -> list[dict[str, np.ndarray]]:
@@ -141,9 +261,12 @@ class CacheEntry:
         if hook not in self.meta["hooks"]:
             raise WorkbenchError(f"This cache entry has no hook {hook!r}; it has {self.hooks[:6]}...")
 
-    def _locate(self, i: int) -> tuple[int, int]:
+    def _check_text(self, i: int) -> None:
         if not 0 <= i < self.n_texts:
             raise WorkbenchError(f"text index {i} out of range (0..{self.n_texts - 1})")
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        self._check_text(i)
         shard = int(np.searchsorted(self.text_starts, i, side="right") - 1)
         return shard, int(self.text_starts[shard])
 
@@ -197,18 +320,33 @@ class CacheEntry:
         return np.repeat(np.arange(self.n_texts), self.lengths)
 
 
+def _max_bytes_from_env() -> int:
+    raw = os.environ.get("WORKBENCH_CACHE_MAX_GB", "")
+    if raw.strip() == "":
+        return int(DEFAULT_MAX_GB * 2**30)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise WorkbenchError(f"WORKBENCH_CACHE_MAX_GB must be a positive number of gigabytes (e.g. 20); got {raw!r}.")
+    return int(value * 2**30)
+
+
 class ActivationStore:
     """The disk cache of activations. ``get_or_extract`` is the one way analyses get activations."""
 
     def __init__(self, root: Path | None = None, max_bytes: int | None = None,
                  shard_bytes: int = DEFAULT_SHARD_BYTES):
         self.root = Path(root) if root is not None else cache_dir() / "activations"
-        self.root.mkdir(parents=True, exist_ok=True)
-        if max_bytes is None:
-            max_bytes = int(float(os.environ.get("WORKBENCH_CACHE_MAX_GB", DEFAULT_MAX_GB)) * 2**30)
-        self.max_bytes = max_bytes
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WorkbenchError(f"Cannot create the activation cache at {self.root} ({exc.strerror}): set "
+                                 "WORKBENCH_CACHE to a writable folder.") from exc
+        self.max_bytes = max_bytes if max_bytes is not None else _max_bytes_from_env()
         self.shard_bytes = shard_bytes
-        self._verified: set[tuple[str, float]] = set()
+        self._verified: set[tuple[str, int]] = set()
 
     # ---- keys ------------------------------------------------------------------------------
     @staticmethod
@@ -217,6 +355,11 @@ class ActivationStore:
         parts = {"format": FORMAT_VERSION, "model": model.fingerprint, "data": dataset.content_hash,
                  "hooks": sorted(hooks), "max_length": int(max_length), "prepend_bos": prepend_bos}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+    def _writable(self) -> None:
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise WorkbenchError(f"The activation cache {self.root} is not writable: fix its permissions or set "
+                                 "WORKBENCH_CACHE to a writable folder.")
 
     # ---- public API -------------------------------------------------------------------------
     def get_or_extract(self, model: LoadedModel, dataset: TextDataset, hooks: list[str] | None = None, *,
@@ -227,13 +370,16 @@ class ActivationStore:
         ``hooks`` defaults to the residual stream at every layer. ``max_length`` defaults to the
         model's context; longer texts are truncated with a warning. ``prepend_bos``: None keeps the
         tokenizer's own special tokens, True makes sure each text starts with BOS, False removes it.
+        The returned entry's ``extracted`` says whether this call ran the forward passes.
         """
         hooks = list(dict.fromkeys(hooks or model.resid_hooks()))
         model.check_hooks(hooks)
         if max_length is None:
             max_length = model.max_length
-        if max_length < 1:
+        if int(max_length) < 1:
             raise WorkbenchError(f"max_length must be >= 1, got {max_length}")
+        if int(batch_size) < 1:
+            raise WorkbenchError(f"batch_size must be >= 1, got {batch_size}")
         max_length = min(int(max_length), model.max_length)
         if len(dataset) == 0:
             raise WorkbenchError("The dataset is empty: nothing to extract.")
@@ -241,129 +387,237 @@ class ActivationStore:
         entry = self.open(key)
         if entry is not None:
             return entry
+        self._writable()
         with FileLock(str(self.root / f"{key}.lock")):
             entry = self.open(key)  # another process may have built it while we waited
             if entry is not None:
                 return entry
-            self._remove_stale_tmp(key)
-            self._extract(key, model, dataset, hooks, max_length, prepend_bos, batch_size, progress)
+            # under the key's lock every temporary folder of this key is a dead writer's; others' only
+            # once they are stale (their key's lock free)
+            for tmp in self.root.glob(f".tmp-{key}-*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+            self.remove_orphans(older_than=STALE_SECONDS)
+            try:
+                self._extract(key, model, dataset, hooks, max_length, prepend_bos, int(batch_size), progress)
+            except OSError as exc:  # full disk, read-only file system, permissions
+                raise WorkbenchError(f"Cannot write the activation cache at {self.root} ({exc.strerror or exc}); "
+                                     "free space, fix permissions, or set WORKBENCH_CACHE to another folder. "
+                                     "Nothing was kept.") from exc
         self.evict(keep={key})
         entry = self.open(key)
         assert entry is not None
+        entry.extracted = True
         return entry
 
     def open(self, key: str, verify: bool = True) -> CacheEntry | None:
-        """The entry for ``key`` if it exists and is intact; a corrupt entry is deleted (None)."""
+        """The entry for ``key`` if it exists and is intact; a corrupt entry is moved aside (None)."""
+        if not KEY_RE.match(key):
+            raise WorkbenchError(f"{key!r} is not a cache key (32 lowercase hex digits; see `workbench cache ls`).")
         path = self.root / key
-        meta_path = path / "meta.json"
-        if not meta_path.exists():
+        if not (path / "meta.json").exists():
             return None
         try:
-            meta = json.loads(meta_path.read_text())
-            problem = self._check(path, meta, full=verify and (key, meta_path.stat().st_mtime) not in self._verified)
-        except (OSError, ValueError, KeyError) as exc:
-            problem = f"unreadable metadata ({exc})"
-        if problem:
-            warnings.warn(f"Cache entry {key} is corrupt ({problem}); deleting it so it is rebuilt.")
-            self._delete(path)
+            lease = _Lease(path)
+        except FileNotFoundError:
+            lease = None
+        try:
+            if lease is None:
+                raise CorruptEntry(f"{READER_LOCK} missing")
+            meta = read_meta(path)
+            ident = (key, os.stat(path / "meta.json").st_ino)
+            self._check_files(path, meta, full=verify and ident not in self._verified)
+            entry = CacheEntry(path, meta, lease)
+        except FileNotFoundError:  # deleted by someone else between our checks: simply not there
             return None
-        self._verified.add((key, meta_path.stat().st_mtime))
-        os.utime(path / "last_used", None) if (path / "last_used").exists() else (path / "last_used").touch()
-        return CacheEntry(path, meta)
+        except (CorruptEntry, OSError, ValueError, KeyError) as exc:
+            if lease is not None:
+                lease.release()
+            warnings.warn(f"Cache entry {key} is corrupt ({exc}); moving it aside so it is rebuilt.")
+            self._delete(path, aside_if_busy=True)
+            return None
+        self._verified.add(ident)
+        (path / "last_used").touch()
+        return entry
 
     def verify(self, key: str) -> str | None:
         """Full check of one entry; returns a problem description or None if intact (no deletion)."""
+        if not KEY_RE.match(key):
+            return f"{key!r} is not a cache key"
         path = self.root / key
         try:
-            meta = json.loads((path / "meta.json").read_text())
-            return self._check(path, meta, full=True)
-        except (OSError, ValueError, KeyError) as exc:
-            return f"unreadable metadata ({exc})"
+            meta = read_meta(path)
+            self._check_files(path, meta, full=True)
+        except (CorruptEntry, OSError, ValueError, KeyError) as exc:
+            return str(exc)
+        return None
 
-    def entries(self) -> list[dict]:
-        """One summary row per complete entry (newest use first)."""
+    def listing(self) -> list[dict]:
+        """One row per folder of the cache root: entries (``state`` ok / corrupt) and the temporary
+        folders of writers (``writing``, or ``orphan`` when no live writer holds the key's lock)."""
         rows = []
-        for meta_path in self.root.glob("*/meta.json"):
-            try:
-                meta = json.loads(meta_path.read_text())
-            except (OSError, ValueError):
+        for path in sorted(self.root.iterdir()):
+            if not path.is_dir():
                 continue
-            path = meta_path.parent
-            used = (path / "last_used").stat().st_mtime if (path / "last_used").exists() else meta_path.stat().st_mtime
-            rows.append({"key": meta["key"], "model": meta["model_name"], "fingerprint": meta["model_fingerprint"],
-                         "dataset": meta["dataset_name"], "n_texts": meta["n_texts"], "n_tokens": meta["n_tokens"],
-                         "hooks": len(meta["hooks"]), "max_length": meta["max_length"],
-                         "bytes": _folder_bytes(path), "created": meta["created"], "last_used": used})
+            row = {"key": path.name, "model": "", "fingerprint": "", "dataset": "", "n_texts": 0, "n_tokens": 0,
+                   "hooks": 0, "max_length": 0, "bytes": _folder_bytes(path), "created": 0.0,
+                   "last_used": path.stat().st_mtime, "state": "ok", "problem": ""}
+            if KEY_RE.match(path.name):
+                try:
+                    meta = read_meta(path)
+                    self._check_files(path, meta, full=False)
+                    row.update({"model": meta["model_name"], "fingerprint": meta["model_fingerprint"],
+                                "dataset": meta["dataset_name"], "n_texts": meta["n_texts"],
+                                "n_tokens": meta["n_tokens"], "hooks": len(meta["hooks"]),
+                                "max_length": meta["max_length"], "created": meta["created"],
+                                "settings": {"prepend_bos": meta.get("prepend_bos"), "hooks": meta["hooks"]}})
+                    if (path / "last_used").exists():
+                        row["last_used"] = (path / "last_used").stat().st_mtime
+                except (CorruptEntry, OSError, ValueError, KeyError) as exc:
+                    row.update(state="corrupt", problem=str(exc))
+            elif path.name.startswith(_DELETING_PREFIX):
+                row.update(state="orphan", problem="left by an interrupted deletion")
+            elif (m := _TMP_RE.match(path.name)) is not None:
+                live = self._key_locked(m["key"])
+                row.update(key=m["key"], state="writing" if live else "orphan",
+                           problem="" if live else f"left by a writer that died ({path.name})", folder=path.name)
+            else:
+                continue  # not ours: never listed, never deleted
+            row.setdefault("folder", path.name)
+            rows.append(row)
         return sorted(rows, key=lambda r: -r["last_used"])
 
+    def entries(self) -> list[dict]:
+        """One summary row per intact entry (newest use first)."""
+        return [r for r in self.listing() if r["state"] == "ok"]
+
     def total_bytes(self) -> int:
-        return sum(r["bytes"] for r in self.entries())
+        """Bytes of every folder the store owns, orphans included (what the size cap limits)."""
+        return sum(r["bytes"] for r in self.listing())
 
     def remove(self, key: str) -> bool:
-        matches = [p for p in self.root.iterdir() if p.is_dir() and p.name.startswith(key)]
+        """Delete one entry by key or unique key prefix; refuses while a process is reading it."""
+        if not re.fullmatch(r"[0-9a-f]{1,32}", key):
+            raise WorkbenchError(f"{key!r} is not a cache key or key prefix (lowercase hex; see `workbench cache ls`).")
+        matches = [p for p in self.root.iterdir() if p.is_dir() and KEY_RE.match(p.name) and p.name.startswith(key)]
         if len(matches) > 1:
             raise WorkbenchError(f"Key prefix {key!r} matches {len(matches)} entries; give more characters.")
         if not matches:
             return False
-        self._delete(matches[0])
+        if not self._delete(matches[0]):
+            raise WorkbenchError(f"Cache entry {matches[0].name} is open in a running process; close it (or stop "
+                                 "that process) and try again.")
         return True
 
     def clear(self) -> int:
+        """Delete every entry no process is reading, and every orphan; returns how many went."""
         n = 0
-        for path in list(self.root.iterdir()):
-            if path.is_dir():
-                self._delete(path)
-                n += 1
-            elif path.suffix == ".lock":
-                path.unlink(missing_ok=True)
+        for row in self.listing():
+            if row["state"] == "writing":
+                continue
+            n += self._delete(self.root / row["folder"])
+        for lock in self.root.glob("*.lock"):
+            if KEY_RE.match(lock.stem):
+                lock.unlink(missing_ok=True)
         return n
 
+    def remove_orphans(self, older_than: float = 0.0) -> list[str]:
+        """Delete dead writers' temporary folders (and interrupted deletions) older than ``older_than`` s."""
+        removed, now = [], time.time()
+        for row in self.listing():
+            if row["state"] == "orphan" and now - row["last_used"] >= older_than:
+                fd = _exclusive(self.root / row["folder"])
+                if fd is None:
+                    continue  # a corrupt entry moved aside while a process still reads it
+                shutil.rmtree(self.root / row["folder"], ignore_errors=True)
+                if fd >= 0:
+                    os.close(fd)
+                removed.append(row["folder"])
+        return removed
+
+    def clean(self) -> dict[str, list[str]]:
+        """``cache clean``: remove orphans and corrupt entries (those no process is reading)."""
+        corrupt = [r["key"] for r in self.listing() if r["state"] == "corrupt"
+                   and self._delete(self.root / r["folder"])]
+        return {"orphans": self.remove_orphans(), "corrupt": corrupt}
+
     def evict(self, keep: set[str] = frozenset()) -> list[str]:
-        """Delete least-recently-used entries until the cache is under its size cap."""
-        rows = self.entries()
+        """Delete least-recently-used entries until the cache (orphans included) is under its cap.
+
+        Entries open in any process are skipped, never pulled from under a reader."""
+        rows = self.listing()
         total = sum(r["bytes"] for r in rows)
-        evicted = []
+        evicted, busy = [], 0
         for row in sorted(rows, key=lambda r: r["last_used"]):
             if total <= self.max_bytes:
                 break
-            if row["key"] in keep:
+            if row["key"] in keep or row["state"] == "writing":
                 continue
-            self._delete(self.root / row["key"])
-            total -= row["bytes"]
-            evicted.append(row["key"])
+            if row["state"] == "orphan" and time.time() - row["last_used"] < STALE_SECONDS:
+                continue
+            if self._delete(self.root / row["folder"]):
+                total -= row["bytes"]
+                evicted.append(row["key"])
+            else:
+                busy += 1
         if evicted:
             log.info("evicted %d cache entries (LRU) to stay under %.1f GB", len(evicted), self.max_bytes / 2**30)
+        if total > self.max_bytes and busy:
+            log.warning("the activation cache is over its cap: %d entries are open in running processes", busy)
         return evicted
 
     # ---- internals --------------------------------------------------------------------------
-    def _check(self, path: Path, meta: dict, full: bool) -> str | None:
-        if meta.get("format") != FORMAT_VERSION:
-            return f"format {meta.get('format')} != {FORMAT_VERSION}"
-        if not (path / "tokens.json").exists():
-            return "tokens.json missing"
-        for shard in meta["shards"]:
-            file = path / shard["file"]
-            if not file.exists():
-                return f"{shard['file']} missing"
-            if file.stat().st_size != shard["bytes"]:
-                return f"{shard['file']} has {file.stat().st_size} bytes, expected {shard['bytes']} (truncated?)"
-            if full and _xxh3_file(file) != shard["xxh3"]:
-                return f"{shard['file']} checksum mismatch"
-        return None
+    def _key_locked(self, key: str) -> bool:
+        """Whether a live writer holds ``key``'s lock (an attempt that does not wait)."""
+        lock = FileLock(str(self.root / f"{key}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
 
-    def _delete(self, path: Path) -> None:
-        # rename first so no reader ever sees a half-deleted entry
-        doomed = path.with_name(f".deleting-{path.name}-{uuid.uuid4().hex[:8]}")
+    @staticmethod
+    def _check_files(path: Path, meta: dict, full: bool) -> None:
+        files = meta["files"]
+        needed = {s["file"] for s in meta["shards"]} | {TOKENS_FILE}
+        if not needed <= set(files):
+            raise CorruptEntry(f"meta.json does not cover {sorted(needed - set(files))}")
+        for name, info in files.items():
+            file = path / name
+            if not file.exists():
+                raise CorruptEntry(f"{name} missing")
+            if file.stat().st_size != info["bytes"]:
+                raise CorruptEntry(f"{name} has {file.stat().st_size} bytes, expected {info['bytes']} (truncated?)")
+            if full and _xxh3_file(file) != info["xxh3"]:
+                raise CorruptEntry(f"{name} checksum mismatch")
+
+    def _delete(self, path: Path, aside_if_busy: bool = False) -> bool:
+        """Delete a folder of the store unless a reader holds it (False then). ``aside_if_busy``
+        renames a busy folder out of the way anyway (a corrupt entry: its readers keep their maps,
+        the folder is removed by a later clean once they are gone)."""
+        fd = _exclusive(path)
+        if fd is None:
+            if aside_if_busy:
+                self._rename_aside(path)
+            return False
+        try:
+            doomed = self._rename_aside(path)
+            if doomed is not None:
+                shutil.rmtree(doomed, ignore_errors=True)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        return True
+
+    @staticmethod
+    def _rename_aside(path: Path) -> Path | None:
+        # rename first so no reader ever opens a half-deleted entry
+        doomed = path.with_name(f"{_DELETING_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
         try:
             os.replace(path, doomed)
         except FileNotFoundError:
-            return
-        shutil.rmtree(doomed, ignore_errors=True)
-
-    def _remove_stale_tmp(self, key: str) -> None:
-        # called under the key's lock: any temporary folder of this key belongs to a dead writer
-        for tmp in self.root.glob(f".tmp-{key}-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+            return None
+        return doomed
 
     def _extract(self, key, model: LoadedModel, dataset: TextDataset, hooks, max_length, prepend_bos,
                  batch_size, progress) -> None:
@@ -371,52 +625,47 @@ class ActivationStore:
         tmp = self.root / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            tokenized, n_truncated = tokenize(model, dataset.texts, max_length, prepend_bos)
+            spool = _TokenSpool(tmp)
+            shards, n_truncated = self._write_shards(tmp, model, dataset, hooks, max_length, prepend_bos,
+                                                     batch_size, progress, spool)
+            files = {s["file"]: {"bytes": s["bytes"], "xxh3": s["xxh3"]} for s in shards}
+            files[TOKENS_FILE] = spool.finish(tmp / TOKENS_FILE)
             if n_truncated:
                 warnings.warn(f"{n_truncated} of {len(dataset)} texts were longer than {max_length} tokens "
                               f"and were truncated (raise max_length, up to the model's {model.max_length}).")
-            lengths = [len(t["ids"]) for t in tokenized]
-            if min(lengths) == 0:
-                empty = lengths.index(0)
-                raise WorkbenchError(f"Text {empty} tokenizes to no tokens; remove empty texts.")
-            shards = self._write_shards(tmp, model, tokenized, hooks, batch_size, progress)
-            token_meta = {"ids": [t["ids"] for t in tokenized], "strings": [t["strings"] for t in tokenized],
-                          "offsets": [t["offsets"] for t in tokenized]}
-            (tmp / "tokens.json").write_text(json.dumps(token_meta))
-            shapes = {}
             first = memmap_safetensors(tmp / shards[0]["file"])
-            for hook in hooks:
-                shapes[hook] = list(first[hook].shape[1:])
             meta = {
                 "format": FORMAT_VERSION, "key": key, "model_name": model.name,
                 "model_fingerprint": model.fingerprint, "dataset_name": dataset.name,
-                "dataset_hash": dataset.content_hash, "hooks": hooks, "shapes": shapes,
-                "max_length": max_length, "prepend_bos": prepend_bos, "n_texts": len(tokenized),
-                "n_tokens": int(sum(lengths)), "lengths": lengths, "n_truncated": n_truncated,
-                "shards": shards, "created": time.time(), "seconds": round(time.time() - t0, 2),
-                "dtype": "float32",
+                "dataset_hash": dataset.content_hash, "hooks": hooks,
+                "shapes": {hook: list(first[hook].shape[1:]) for hook in hooks},
+                "max_length": max_length, "prepend_bos": prepend_bos, "n_texts": len(dataset),
+                "n_tokens": spool.n_tokens, "n_truncated": n_truncated, "shards": shards, "files": files,
+                "created": time.time(), "seconds": round(time.time() - t0, 2), "dtype": "float32",
             }
-            with atomic_write(tmp / "meta.json") as handle:
-                json.dump(meta, handle)
+            del first
+            (tmp / READER_LOCK).touch()
             (tmp / "last_used").touch()
+            _write_meta(tmp, meta)
             os.replace(tmp, self.root / key)  # the commit point
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def _write_shards(self, tmp: Path, model: LoadedModel, tokenized: list[dict], hooks: list[str],
-                      batch_size: int, progress: Progress | None) -> list[dict]:
-        """Forward batches and write shards; a writer thread overlaps disk I/O with the next forwards.
-
-        Memory is bounded by two shards (one filling, one being written) plus one batch.
-        """
+    def _write_shards(self, tmp: Path, model: LoadedModel, dataset: TextDataset, hooks: list[str], max_length: int,
+                      prepend_bos, batch_size: int, progress: Progress | None,
+                      spool: "_TokenSpool") -> tuple[list[dict], int]:
+        """Tokenise, forward and write shards batch by batch; a writer thread overlaps disk I/O with
+        the next forwards. Memory is bounded by two shards (one filling, one being written) plus one
+        batch. Returns (shard records, number of truncated texts)."""
         pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
         shards: list[dict] = []
         writer = _ShardWriter(tmp)
         buffer: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
         buffered_bytes = 0
         shard_text_start = 0
-        n = len(tokenized)
+        n = len(dataset)
+        n_truncated = 0
         t0 = time.time()
 
         def flush(text_end: int) -> None:
@@ -432,7 +681,12 @@ class ActivationStore:
 
         try:
             for start in range(0, n, batch_size):
-                batch = tokenized[start:start + batch_size]
+                batch, truncated = tokenize(model, dataset.texts[start:start + batch_size], max_length, prepend_bos)
+                n_truncated += truncated
+                empty = next((j for j, t in enumerate(batch) if not t["ids"]), None)
+                if empty is not None:
+                    raise WorkbenchError(f"Text {start + empty} tokenizes to no tokens; remove empty texts.")
+                spool.add(batch)
                 width = max(len(t["ids"]) for t in batch)
                 ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -462,7 +716,79 @@ class ActivationStore:
             written = writer.close()
         for shard in shards:
             shard.update(written[shard["file"]])
-        return shards
+        return shards, n_truncated
+
+
+class _TokenSpool:
+    """Token metadata appended batch by batch to raw files, assembled into one safetensors file at
+    the end by streaming copies (memory: one batch)."""
+
+    COLUMNS = {"lengths": (np.int64, ()), "ids": (np.int32, ()), "char_offsets": (np.int32, (2,)),
+               "string_starts": (np.int64, ()), "string_bytes": (np.uint8, ())}
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.handles = {name: open(folder / f".spool-{name}", "wb") for name in self.COLUMNS}
+        self.rows = {name: 0 for name in self.COLUMNS}
+        self.n_tokens = 0
+        self.n_bytes = 0
+        self._write("string_starts", np.zeros(1, np.int64))
+
+    def _write(self, name: str, array: np.ndarray) -> None:
+        dtype, _ = self.COLUMNS[name]
+        array = np.ascontiguousarray(array, dtype=dtype)
+        self.handles[name].write(memoryview(array).cast("B"))
+        self.rows[name] += array.shape[0]
+
+    def add(self, batch: list[dict]) -> None:
+        lengths = np.array([len(t["ids"]) for t in batch], np.int64)
+        encoded = [s.encode("utf-8") for t in batch for s in t["strings"]]
+        sizes = np.fromiter((len(b) for b in encoded), np.int64, len(encoded))
+        self._write("lengths", lengths)
+        self._write("ids", np.fromiter((i for t in batch for i in t["ids"]), np.int64, int(lengths.sum())))
+        self._write("char_offsets", np.array([o for t in batch for o in t["offsets"]], np.int64).reshape(-1, 2))
+        self._write("string_starts", self.n_bytes + np.cumsum(sizes))
+        self._write("string_bytes", np.frombuffer(b"".join(encoded), np.uint8))
+        self.n_tokens += int(lengths.sum())
+        self.n_bytes += int(sizes.sum())
+
+    def finish(self, path: Path) -> dict:
+        for handle in self.handles.values():
+            handle.close()
+        sources = {name: (self.folder / f".spool-{name}", np.dtype(dtype), (self.rows[name], *shape))
+                   for name, (dtype, shape) in self.COLUMNS.items()}
+        record = write_safetensors_files(path, sources)
+        for source, _, _ in sources.values():
+            source.unlink()
+        return record
+
+
+def _safetensors_header(specs: dict[str, tuple[np.dtype, tuple]]) -> tuple[bytes, int]:
+    """The 8-byte length + JSON header (padded to 8 bytes) for tensors given as (dtype, shape)."""
+    header, offset = {}, 0
+    for name, (dtype, shape) in specs.items():
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        header[name] = {"dtype": _CODES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw, offset
+
+
+def write_safetensors_files(path: Path, sources: dict[str, tuple[Path, np.dtype, tuple]],
+                            chunk: int = 1 << 22) -> dict:
+    """A safetensors file whose tensors' raw little-endian bytes are files on disk, copied in
+    chunks with the xxh3 computed on the way. Returns ``{"bytes", "xxh3"}``."""
+    head, data_bytes = _safetensors_header({n: (d, s) for n, (_, d, s) in sources.items()})
+    digest = xxhash.xxh3_64(head)
+    with open(path, "wb") as out:
+        out.write(head)
+        for source, _, _ in sources.values():
+            with open(source, "rb") as src:
+                while block := src.read(chunk):
+                    out.write(block)
+                    digest.update(block)
+    return {"bytes": len(head) + data_bytes, "xxh3": digest.hexdigest()}
 
 
 class _ShardWriter:
@@ -506,32 +832,38 @@ class _ShardWriter:
 def write_safetensors_parts(path: Path, tensors: dict[str, list[np.ndarray]]) -> dict:
     """Write a safetensors file whose tensors are given as lists of row blocks, streamed.
 
-    Each tensor is the concatenation of its parts along axis 0 (all float32, same trailing
-    shape). Parts are written straight from their buffers — no concatenated copy, no serialised
-    copy — and the xxh3 checksum is computed on the bytes as they are written, so the file is
-    not read back. The layout is standard safetensors (8-byte header length, JSON header padded
-    to 8 bytes, raw little-endian data), readable by ``safetensors.safe_open``.
+    Each tensor is the concatenation of its parts along axis 0 (same dtype and trailing shape).
+    Parts are written straight from their buffers — no concatenated copy, no serialised copy — and
+    the xxh3 checksum is computed on the bytes as they are written, so the file is not read back.
+    The layout is standard safetensors (8-byte header length, JSON header padded to 8 bytes, raw
+    little-endian data), readable by ``safetensors.safe_open``. Returns ``{"bytes", "xxh3"}``.
     """
-    header, offset = {}, 0
-    for name, parts in tensors.items():
-        rows = sum(p.shape[0] for p in parts)
-        shape = [rows, *parts[0].shape[1:]]
-        nbytes = rows * int(np.prod(parts[0].shape[1:], dtype=np.int64)) * 4
-        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    digest = xxhash.xxh3_64()
+    specs = {name: (np.dtype(parts[0].dtype), (sum(p.shape[0] for p in parts), *parts[0].shape[1:]))
+             for name, parts in tensors.items()}
+    head, data_bytes = _safetensors_header(specs)
+    digest = xxhash.xxh3_64(head)
     with open(path, "wb") as handle:
-        for block in (struct.pack("<Q", len(raw)), raw):
-            handle.write(block)
-            digest.update(block)
-        for parts in tensors.values():
+        handle.write(head)
+        for name, parts in tensors.items():
             for part in parts:
-                view = memoryview(np.ascontiguousarray(part, dtype=np.float32)).cast("B")
+                view = memoryview(np.ascontiguousarray(part, dtype=specs[name][0])).cast("B")
                 handle.write(view)
                 digest.update(view)
-    return {"bytes": 8 + len(raw) + offset, "xxh3": digest.hexdigest()}
+    return {"bytes": len(head) + data_bytes, "xxh3": digest.hexdigest()}
+
+
+@lru_cache(maxsize=16)
+def _max_token_chars(tokenizer) -> int:
+    """Characters the longest vocabulary entry spans (byte-level markers count one each)."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return max((len(p) for p in pieces if isinstance(p, str)), default=16)
+
+
+def char_budget(tokenizer, max_length: int) -> int:
+    """Characters kept of a text before tokenising: twice what ``max_length`` of the tokenizer's
+    longest tokens can span, so the cut never reaches the tokens that are kept, while a huge text
+    never reaches the tokenizer whole."""
+    return int(max_length) * 2 * max(_max_token_chars(tokenizer), 8) + 1024
 
 
 def tokenize(model: LoadedModel, texts: list[str], max_length: int,
@@ -542,7 +874,8 @@ def tokenize(model: LoadedModel, texts: list[str], max_length: int,
     special tokens it adds, e.g. BERT's closing ``[SEP]`` and T5's ``</s>``, exactly as plain
     transformers and sentence-transformers do. ``prepend_bos`` True/False adds or strips a leading
     BOS after truncation, so the budget given to the tokenizer is adjusted by that one token and
-    every stored text has at most ``max_length`` tokens. Returns ``(rows, n_truncated)``.
+    every stored text has at most ``max_length`` tokens. Texts are first cut to
+    :func:`char_budget` characters. Returns ``(rows, n_truncated)``.
     """
     tok = model.tokenizer
     bos = tok.bos_token_id
@@ -557,13 +890,16 @@ def tokenize(model: LoadedModel, texts: list[str], max_length: int,
         budget += 1
     if budget < 1 + max(0, len(probe) - len(tok("a", add_special_tokens=False)["input_ids"])):
         raise WorkbenchError(f"max_length {max_length} leaves no room for content after {model.name}'s special tokens.")
+    limit = char_budget(tok, max_length)
+    cut = [len(t) > limit for t in texts]
+    texts = [t[:limit] if c else t for t, c in zip(texts, cut)]
     enc = tok(texts, add_special_tokens=True, truncation=True, max_length=budget,
               return_offsets_mapping=tok.is_fast)
     if tok.is_fast:
-        truncated = [bool(e.overflowing) for e in enc.encodings]
+        truncated = [bool(e.overflowing) or c for e, c in zip(enc.encodings, cut)]
     else:  # slow tokenizers do not report overflow: compare with the untruncated length
         full = tok(texts, add_special_tokens=True, truncation=False)["input_ids"]
-        truncated = [len(f) > budget for f in full]
+        truncated = [len(f) > budget or c for f, c in zip(full, cut)]
     out = []
     for i in range(len(texts)):
         ids = list(enc["input_ids"][i])
@@ -583,4 +919,11 @@ def tokenize(model: LoadedModel, texts: list[str], max_length: int,
 
 
 def _folder_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total
