@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analyses.geometry.spectrum import covariance_eigenvalues
-from workbench.analysis import AnalysisSpec, RunContext, register
+from workbench.analysis import AnalysisSpec, Param, RunContext, register
 from workbench.results import Result
 
 
@@ -108,10 +108,9 @@ register(AnalysisSpec(
     question="How do the size and direction of the residual stream change from layer to layer?",
     run=run,
     figure=figure,
-    defaults={"max_texts": 64, "max_length": 128, "skip_first": False},
-    param_help={"max_texts": "use the first N texts of the dataset",
-                "max_length": "tokens per text (longer texts are truncated)",
-                "skip_first": "leave out the first position of each text (BOS / attention sink)"},
+    params={"max_texts": Param(64, "use the first N texts of the dataset", min=1),
+            "max_length": Param(128, "tokens per text (longer texts are truncated)", min=1),
+            "skip_first": Param(False, "leave out the first position of each text (BOS / attention sink)")},
     inputs=("model",),
     page="pages/1_Layer_stats.py",
 ))

@@ -18,15 +18,15 @@ choice = ui.sidebar(model_kinds=("decoder",))
 prompt = st.text_area("Prompt (leave empty to use the dataset from the sidebar)", "The capital of France is",
                       key="lens_prompt", height=70)
 cols = st.columns(4)
-params = {
-    "max_texts": cols[0].number_input("Texts (first N)", 1, 2000, 16, key="lens_max_texts"),
-    "max_length": cols[1].number_input("Tokens per text", 2, 1024, 64, key="lens_max_length"),
-    "top_k": cols[2].number_input("Top-k in hover", 1, 20, 5, key="lens_top_k"),
-    "target": cols[3].text_input("Target token", "final_top1", key="lens_target",
-                                 help="final_top1, next_token, or a literal token such as ' Paris'"),
-}
-resid_mid = st.checkbox("Also after each attention sublayer (hook_resid_mid, logit lens only)", False,
-                        key="lens_mid")
+params = ui.param_widgets("logit_lens", {
+    "max_texts": dict(container=cols[0], label="Texts (first N)", key="lens_max_texts"),
+    "max_length": dict(container=cols[1], label="Tokens per text", key="lens_max_length"),
+    "top_k": dict(container=cols[2], label="Top-k in hover", key="lens_top_k"),
+    "target": dict(container=cols[3], label="Target token", key="lens_target",
+                   help="final_top1, next_token, or a literal token such as ' Paris'"),
+})
+resid_mid = ui.param_widget("logit_lens", "resid_mid", key="lens_mid",
+                            label="Also after each attention sublayer (hook_resid_mid, logit lens only)")
 run_choice = dict(choice)
 if prompt.strip():
     run_choice["data"] = TextDataset.from_texts([prompt], name="prompt")

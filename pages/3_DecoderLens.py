@@ -12,21 +12,21 @@ st.caption(
 )
 choice = ui.sidebar(model_kinds=("seq2seq",))
 cols = st.columns(4)
-norm_choice = cols[0].selectbox(
-    "Final encoder norm on intermediate layers", ["auto", "on", "off", "both"], key="dl_norm",
-    help="auto: on for pre-LN encoders (T5, Whisper, M2M100), not applicable to post-LN BART/Marian. "
-         "Never applied twice at the last layer.",
-)
-params = {
-    "apply_final_norm": {"auto": "auto", "on": True, "off": False, "both": "both"}[norm_choice],
-    "max_examples": cols[1].number_input("Examples (first N)", 1, 5000, 200, key="dl_max_examples"),
-    "max_new_tokens": cols[2].number_input("Max new tokens", 1, 512, 32, key="dl_max_new_tokens"),
-    "num_beams": cols[3].number_input("Beams", 1, 8, 1, key="dl_beams"),
-}
 c2 = st.columns(3)
-params["source_column"] = c2[0].text_input("Source column", "source", key="dl_src")
-params["reference_column"] = c2[1].text_input("Reference column (blank: no scores)", "reference", key="dl_ref")
-params["task_column"] = c2[2].text_input("Task column (optional)", "task", key="dl_task")
+params = ui.param_widgets("decoder_lens", {
+    "apply_final_norm": dict(
+        container=cols[0], label="Final encoder norm on intermediate layers", key="dl_norm",
+        format_func=lambda v: {True: "on", False: "off"}.get(v, v),
+        help="auto: on for pre-LN encoders (T5, Whisper, M2M100), not applicable to post-LN BART/Marian. "
+             "Never applied twice at the last layer."),
+    # the page starts below the analysis default (500) so that a first run is quick
+    "max_examples": dict(container=cols[1], label="Examples (first N)", key="dl_max_examples", default=200),
+    "max_new_tokens": dict(container=cols[2], label="Max new tokens", key="dl_max_new_tokens"),
+    "num_beams": dict(container=cols[3], label="Beams", key="dl_beams"),
+    "source_column": dict(container=c2[0], label="Source column", key="dl_src"),
+    "reference_column": dict(container=c2[1], label="Reference column (blank: no scores)", key="dl_ref"),
+    "task_column": dict(container=c2[2], label="Task column (optional)", key="dl_task"),
+})
 result = ui.run("decoder_lens", params, choice)
 if result is not None:
     ui.show_figure(result)

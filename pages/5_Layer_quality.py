@@ -4,8 +4,6 @@ retrieval, the correlation of each metric with the probe, and the recommended la
 import pandas as pd
 import streamlit as st
 
-from analyses.layer_quality import DEFAULTS, PARAM_HELP
-from analyses.layer_quality.metrics import CURVATURE_VARIANTS, ENTROPY_NORMALIZATIONS
 from workbench import ui
 
 ui.page_header("layer_quality")
@@ -20,41 +18,27 @@ choice = ui.sidebar(model_kinds=("decoder", "encoder"), allow_vectors=True)
 on_vectors = choice.get("vectors") is not None
 
 c = st.columns(4)
-params = {
-    "max_texts": int(c[0].number_input("Prompts (first N)", 3, 100_000, DEFAULTS["max_texts"], key="lq_texts",
-                                       help=PARAM_HELP["max_texts"], disabled=on_vectors)),
-    "max_length": int(c[1].number_input("Tokens per text", 8, 4096, DEFAULTS["max_length"], key="lq_len",
-                                        disabled=on_vectors)),
-    "alpha": float(c[2].number_input("Rényi α", 0.1, 10.0, DEFAULTS["alpha"], 0.5, key="lq_alpha",
-                                     help=PARAM_HELP["alpha"])),
-    "normalization": c[3].selectbox("Entropy normalisation", ENTROPY_NORMALIZATIONS, key="lq_norm",
-                                    help=PARAM_HELP["normalization"]),
-}
 with st.expander("Augmentations, downstream data and reference options"):
-    c = st.columns(4)
-    params["aug_texts"] = int(c[0].number_input("Augmented prompts (0 = skip)", 0, 5000, DEFAULTS["aug_texts"],
-                                                key="lq_aug", help=PARAM_HELP["aug_texts"]))
-    params["n_augmentations"] = int(c[1].number_input("Copies per prompt", 2, 64, DEFAULTS["n_augmentations"],
-                                                      key="lq_naug", help=PARAM_HELP["n_augmentations"]))
-    params["aug_max_words"] = int(c[2].number_input("Words augmented (0 = all)", 0, 10_000,
-                                                    DEFAULTS["aug_max_words"], key="lq_words"))
-    params["aug_word_p"] = float(c[3].slider("Share of words edited", 0.0, 1.0, DEFAULTS["aug_word_p"], 0.05,
-                                             key="lq_wordp"))
-    c = st.columns(4)
-    params["probe_data"] = c[0].text_input("Probe data", DEFAULTS["probe_data"], key="lq_probe",
-                                           help=PARAM_HELP["probe_data"])
-    params["probe_folds"] = int(c[1].number_input("Probe folds", 2, 20, DEFAULTS["probe_folds"], key="lq_folds"))
-    params["retrieval_data"] = c[2].text_input("Retrieval data", DEFAULTS["retrieval_data"], key="lq_retr",
-                                               help=PARAM_HELP["retrieval_data"])
-    params["retrieval_pairs"] = int(c[3].number_input("Retrieval pairs", 2, 100_000, DEFAULTS["retrieval_pairs"],
-                                                      key="lq_pairs"))
-    c = st.columns(4)
-    params["curvature"] = c[0].selectbox("Curvature", CURVATURE_VARIANTS, key="lq_curv", help=PARAM_HELP["curvature"])
-    params["clamp"] = c[1].checkbox("Clamp Gram entries at 0 (reference quirk)", DEFAULTS["clamp"], key="lq_clamp")
-    params["skip_first"] = c[2].checkbox("Leave out position 0 (BOS / sink)", DEFAULTS["skip_first"], key="lq_skip")
-    params["pooling"] = c[3].selectbox("Pooling", ["mean", "normalized_mean"], key="lq_pool",
-                                       help=PARAM_HELP["pooling"])
-    params["seed"] = int(st.number_input("Seed", 0, 2**31 - 1, 0, key="lq_seed"))
+    c2, c3, c4 = st.columns(4), st.columns(4), st.columns(4)
+params = ui.param_widgets("layer_quality", {
+    "max_texts": dict(container=c[0], label="Prompts (first N)", key="lq_texts", disabled=on_vectors),
+    "max_length": dict(container=c[1], label="Tokens per text", key="lq_len", disabled=on_vectors),
+    "alpha": dict(container=c[2], label="Rényi α", key="lq_alpha", step=0.5),
+    "normalization": dict(container=c[3], label="Entropy normalisation", key="lq_norm"),
+    "aug_texts": dict(container=c2[0], label="Augmented prompts (0 = skip)", key="lq_aug"),
+    "n_augmentations": dict(container=c2[1], label="Copies per prompt", key="lq_naug"),
+    "aug_max_words": dict(container=c2[2], label="Words augmented (0 = all)", key="lq_words"),
+    "aug_word_p": dict(container=c2[3], label="Share of words edited", key="lq_wordp", slider=True, step=0.05),
+    "probe_data": dict(container=c3[0], label="Probe data", key="lq_probe"),
+    "probe_folds": dict(container=c3[1], label="Probe folds", key="lq_folds"),
+    "retrieval_data": dict(container=c3[2], label="Retrieval data", key="lq_retr"),
+    "retrieval_pairs": dict(container=c3[3], label="Retrieval pairs", key="lq_pairs"),
+    "curvature": dict(container=c4[0], label="Curvature", key="lq_curv"),
+    "clamp": dict(container=c4[1], label="Clamp Gram entries at 0 (reference quirk)", key="lq_clamp"),
+    "skip_first": dict(container=c4[2], label="Leave out position 0 (BOS / sink)", key="lq_skip"),
+    "pooling": dict(container=c4[3], label="Pooling", key="lq_pool"),
+    "seed": dict(label="Seed", key="lq_seed"),
+})
 
 result = ui.run("layer_quality", params, choice)
 if result is not None:

@@ -18,45 +18,45 @@ st.caption(
 choice = ui.sidebar(model_kinds=("decoder",), need_data=False)
 
 c = st.columns(4)
-task = c[0].selectbox("Task", ["ioi", "greater_than", "docstring", "induction", "csv"], key="circ_task",
-                      help="csv: your own prompt pairs (columns positive, negative, answer, optional wrong)")
-n_examples = c[1].number_input("Prompts per side", 4, 1000, 50, key="circ_n",
-                               help="positive prompts and as many negatives; the paper uses 250")
-seeds = c[2].number_input("Trials (seeds)", 1, 50, 5, key="circ_seeds")
-seed = c[3].number_input("First seed", 0, 2**31 - 1, 0, key="circ_seed")
-task_file = ""
+params = ui.param_widgets("circuits", {
+    "task": dict(container=c[0], label="Task", key="circ_task",
+                 help="csv: your own prompt pairs (columns positive, negative, answer, optional wrong)"),
+    # the page starts below the paper's 250 prompts so that a first run is quick
+    "n_examples": dict(container=c[1], label="Prompts per side", key="circ_n", default=50,
+                       help="positive prompts and as many negatives; the paper uses 250"),
+    "seeds": dict(container=c[2], label="Trials (seeds)", key="circ_seeds"),
+    "seed": dict(container=c[3], label="First seed", key="circ_seed"),
+})
+task = params["task"]
+params["task_file"] = ""
 if task == "csv":
     upload = st.file_uploader("Task CSV", type=["csv"], key="circ_csv")
     if upload is not None:
         try:
-            task_file = str(ui._save_upload(upload))
+            params["task_file"] = str(ui._save_upload(upload))
         except WorkbenchError as exc:
             st.error(str(exc))
 c = st.columns(4)
-ablation = c[0].selectbox("Ablation baseline", ["mean", "patch", "none"], key="circ_abl",
-                          help="none skips it (one forward pass per head is the slow part)")
-position = c[1].selectbox("Head output", ["mean", "final"], key="circ_pos",
-                          format_func=lambda s: {"mean": "mean over positions", "final": "final position"}[s])
-threshold = c[2].number_input("Circuit threshold", 0.0, 1.0, 0.02, 0.01, key="circ_thr",
-                              help="reference circuit: heads whose ablation removes at least this share of "
-                                   "the clean-minus-negative metric gap")
-period = c[3].number_input("Induction period", 2, 500, 50, key="circ_period", disabled=task != "induction")
 with st.expander("SAE settings"):
-    c = st.columns(5)
-    n_features = c[0].number_input("Features", 2, 5000, 200, key="circ_feat")
-    lam = c[1].number_input("L1 λ (0 = task default)", 0.0, 10.0, 0.0, 0.005, format="%.3f", key="circ_lam")
-    n_epochs = c[2].number_input("Epochs", 1, 100_000, 500, key="circ_epochs")
-    lr = c[3].number_input("Learning rate", 1e-5, 1.0, 1e-3, format="%.4f", key="circ_lr")
-    n_sae = c[4].number_input("Training examples", 1, 1000, 10, key="circ_nsae")
-    edges = st.checkbox("Edge (co-occurrence) score", True, key="circ_edges")
+    sae, sae_below = st.columns(5), st.container()
+params.update(ui.param_widgets("circuits", {
+    "ablation": dict(container=c[0], label="Ablation baseline", key="circ_abl",
+                     help="none skips it (one forward pass per head is the slow part)"),
+    "position": dict(container=c[1], label="Head output", key="circ_pos",
+                     format_func=lambda s: {"mean": "mean over positions", "final": "final position"}[s]),
+    "circuit_threshold": dict(container=c[2], label="Circuit threshold", key="circ_thr", step=0.01,
+                              help="reference circuit: heads whose ablation removes at least this share of "
+                                   "the clean-minus-negative metric gap"),
+    "period": dict(container=c[3], label="Induction period", key="circ_period", disabled=task != "induction"),
+    "n_features": dict(container=sae[0], label="Features", key="circ_feat"),
+    "lambda": dict(container=sae[1], label="L1 λ (blank = task default)", key="circ_lam", step=0.005, format="%.3f"),
+    "n_epochs": dict(container=sae[2], label="Epochs", key="circ_epochs"),
+    "lr": dict(container=sae[3], label="Learning rate", key="circ_lr", format="%.4f"),
+    "n_sae_examples": dict(container=sae[4], label="Training examples", key="circ_nsae"),
+    "edges": dict(container=sae_below, label="Edge (co-occurrence) score", key="circ_edges"),
+}))
 
-params = {
-    "task": task, "task_file": task_file, "n_examples": int(n_examples), "seeds": int(seeds), "seed": int(seed),
-    "ablation": ablation, "position": position, "circuit_threshold": float(threshold), "period": int(period),
-    "n_features": int(n_features), "lambda": float(lam) if lam > 0 else None, "n_epochs": int(n_epochs),
-    "lr": float(lr), "n_sae_examples": int(n_sae), "edges": bool(edges),
-}
-if task == "csv" and not task_file:
+if task == "csv" and not params["task_file"]:
     st.info("Upload a task CSV to run the csv task.")
 else:
     result = ui.run("circuits", params, choice)

@@ -52,31 +52,29 @@ else:
             st.error(str(exc))
 
 c = st.columns(5)
-params = {
-    "proposer": proposer,
-    "beam_width": c[0].number_input("Beam width", 1, 64, 10, key="inv_beam"),
-    "top_k": c[1].number_input("Top-k", 1, 100, 10, key="inv_topk"),
-    "max_steps": c[2].number_input("Steps (stage 1)", 1, 128, 32, key="inv_steps"),
-    "stages": c[3].selectbox("Stages", [1, 2], index=1, key="inv_stages", help="2 = refine once"),
-    "max_items": c[4].number_input("Items (first N)", 1, 1000, 5, key="inv_items"),
-}
-params["refine_steps"] = params["max_steps"]
 with st.expander("More settings"):
-    d = st.columns(4)
-    params["top_p"] = d[0].number_input("Top-p", 0.01, 1.0, 1.0, key="inv_topp")
-    params["repetition_penalty"] = d[1].number_input("Repetition penalty", 1.0, 5.0, 1.5, key="inv_rep")
-    params["threshold"] = d[2].number_input("Stop at cosine", 0.5, 1.01, 0.99, key="inv_thr")
-    params["seed"] = d[3].number_input("Seed", 0, 2**31 - 1, 0, key="inv_seed")
-    params["layers"] = st.text_input(
-        "Layers (empty = sentence embedding; 'all', or e.g. 0,3,6 = mean-pooled hidden states)", "",
-        key="inv_layers").strip() or None
-    params["randomness"] = st.checkbox("Random beams (keep top 5 + a seeded random sample)", False, key="inv_rand")
-    params["check_norms"] = st.checkbox("Refuse vectors whose norms do not match the embedder", True, key="inv_norms")
-    params["prompt"] = st.text_input("Stage-1 instruction", "Write a sentence.", key="inv_prompt")
-    params["refine_prompt"] = st.text_input("Refinement instruction ({text} = best stage-1 text)",
-                                            "write a sentence similar to this: {text}", key="inv_rprompt")
-params = {k: (int(v) if isinstance(v, float) and k not in {"top_p", "repetition_penalty", "threshold"} else v)
-          for k, v in params.items()}
+    d, below = st.columns(4), st.container()
+params = {"proposer": proposer, **ui.param_widgets("inversion", {
+    "beam_width": dict(container=c[0], label="Beam width", key="inv_beam"),
+    "top_k": dict(container=c[1], label="Top-k", key="inv_topk"),
+    "max_steps": dict(container=c[2], label="Steps (stage 1)", key="inv_steps"),
+    "stages": dict(container=c[3], label="Stages", key="inv_stages", options=[1, 2], help="2 = refine once"),
+    # a handful of items: each takes about a minute on a CPU
+    "max_items": dict(container=c[4], label="Items (first N, 0 = all)", key="inv_items", default=5),
+    "top_p": dict(container=d[0], label="Top-p", key="inv_topp"),
+    "repetition_penalty": dict(container=d[1], label="Repetition penalty", key="inv_rep"),
+    "threshold": dict(container=d[2], label="Stop at cosine", key="inv_thr"),
+    "seed": dict(container=d[3], label="Seed", key="inv_seed"),
+    "layers": dict(container=below, key="inv_layers",
+                   label="Layers (empty = sentence embedding; 'all', or e.g. 0,3,6 = mean-pooled hidden states)"),
+    "randomness": dict(container=below, label="Random beams (keep top 5 + a seeded random sample)", key="inv_rand"),
+    "check_norms": dict(container=below, label="Refuse vectors whose norms do not match the embedder",
+                        key="inv_norms"),
+    "prompt": dict(container=below, label="Stage-1 instruction", key="inv_prompt"),
+    "refine_prompt": dict(container=below, label="Refinement instruction ({text} = best stage-1 text)",
+                          key="inv_rprompt"),
+})}
+params["refine_steps"] = params["max_steps"]
 st.caption("Cost ≈ beam width × top-k candidates embedded per step: B = K = 10, 32 steps, 2 stages is "
            "about a minute per text on an idle CPU.")
 

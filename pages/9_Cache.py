@@ -5,6 +5,7 @@ import time
 import pandas as pd
 import streamlit as st
 
+from workbench.errors import WorkbenchError
 from workbench.store import ActivationStore
 
 st.title("Activation cache")
@@ -28,8 +29,11 @@ else:
         problem = store.verify(key)
         (st.success if problem is None else st.error)(f"{key}: {'intact' if problem is None else problem}")
     if cols[2].button("Delete", key="cache_delete"):
-        store.remove(key)
-        st.rerun()
+        try:
+            store.remove(key)
+            st.rerun()
+        except WorkbenchError as exc:
+            st.error(str(exc))
     if cols[3].button("Clear all", key="cache_clear"):
         store.clear()
         st.rerun()

@@ -367,7 +367,7 @@ def test_find_circuit_parameter_errors(tiny_bridge):
 
     with pytest.raises(WorkbenchError, match="no parameter"):
         find_circuit(tiny_bridge, tiny_bridge.tokenizer, task="induction", bogus=1)
-    with pytest.raises(WorkbenchError, match="Unknown task"):
+    with pytest.raises(WorkbenchError, match="parameter task must be one of"):
         find_circuit(tiny_bridge, tiny_bridge.tokenizer, task="nope", n_examples=6)
     with pytest.raises(WorkbenchError, match="position"):
         find_circuit(tiny_bridge, tiny_bridge.tokenizer, task="induction", position="first")

@@ -59,7 +59,7 @@ def test_run_analysis_manifest_and_params(tiny_llama_dir, tmp_path, monkeypatch)
     pd.testing.assert_frame_equal(r.table, r2.table)
     with pytest.raises(WorkbenchError, match="no parameter"):
         run_analysis("layer_stats", model=str(tiny_llama_dir), data=str(texts), params={"bogus": 1})
-    with pytest.raises(WorkbenchError, match="must be a number"):
+    with pytest.raises(WorkbenchError, match="parameter max_texts must be an integer"):
         run_analysis("layer_stats", model=str(tiny_llama_dir), data=str(texts), params={"max_texts": "many"})
 
 

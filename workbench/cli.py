@@ -7,7 +7,7 @@
     workbench run ANALYSIS --model M --data D --out DIR [--set key=value ...]
     workbench run ANALYSIS --vectors FILE --out DIR         (analyses that accept vectors)
     workbench batch PLAN.yaml                      a grid of analyses x models x datasets + index.html
-    workbench cache ls | verify | rm KEY | clear
+    workbench cache ls | verify | clean | rm KEY | clear
     workbench reproduce [TABLE ...] [--update-readme]  the README's results tables, from these commands
     workbench app [--port 8501]                    serve the Streamlit app on 127.0.0.1
 
@@ -20,6 +20,7 @@ import argparse
 import html
 import json
 import logging
+import re
 import sys
 import time
 import warnings
@@ -28,6 +29,39 @@ from pathlib import Path
 import yaml
 
 from .errors import WorkbenchError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line, like every other error of the CLI."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _tristate(text: str) -> bool | None:
+    values = {"true": True, "false": False, "none": None}
+    if text.lower() not in values:
+        raise argparse.ArgumentTypeError(f"must be true, false or none, got {text!r}")
+    return values[text.lower()]
+
+
+def _out_folder(path: str) -> Path:
+    """Check ``--out`` before any work: it must be a folder (or not exist yet)."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise WorkbenchError(f"--out {out} is a file, not a folder: give a folder for the results.")
+    return out
 
 
 def _progress_bar(desc: str):
@@ -50,12 +84,20 @@ def _progress_bar(desc: str):
 
 
 def _parse_sets(pairs: list[str]) -> dict:
+    """``--set key=value`` pairs -> parameters; each value is read as plain YAML (number, true, null, [list])."""
     params = {}
     for pair in pairs or []:
         if "=" not in pair:
             raise WorkbenchError(f"--set takes key=value, got {pair!r}")
         key, value = pair.split("=", 1)
-        params[key.strip()] = yaml.safe_load(value) if value != "" else ""
+        key = key.strip()
+        try:
+            params[key] = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError as exc:
+            # e.g. a tag such as !!python/object, which safe_load refuses; its message spans several lines
+            problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            raise WorkbenchError(f"--set {key}: cannot read the value {value!r} ({problem}); give a plain number, "
+                                 "text, true/false, null or [list], quoting text that YAML would misread") from None
     return params
 
 
@@ -90,9 +132,9 @@ def cmd_analyses(args) -> None:
     for spec in list_analyses():
         print(f"{spec.name}: {spec.title} — {spec.question}")
         print(f"    inputs: {', '.join(spec.inputs)}")
-        for key, value in spec.defaults.items():
-            help_text = spec.param_help.get(key, "")
-            print(f"    --set {key}={json.dumps(value)}" + (f"   # {help_text}" if help_text else ""))
+        for key, param in spec.all_params.items():
+            print(f"    --set {key}={json.dumps(param.default)}   [{param.describe()}]"
+                  + (f"  {param.help}" if param.help else ""))
 
 
 def _hooks_from_arg(model, spec: str | None) -> list[str]:
@@ -118,14 +160,11 @@ def cmd_extract(args) -> None:
     hooks = _hooks_from_arg(model, args.hooks)
     store = ActivationStore()
     t0 = time.time()
-    key = store.key_for(model, dataset, hooks, min(args.max_length or model.max_length, model.max_length),
-                        args.prepend_bos)
-    hit = store.open(key) is not None
     entry = store.get_or_extract(model, dataset, hooks, max_length=args.max_length, prepend_bos=args.prepend_bos,
                                  batch_size=args.batch_size, progress=_progress_bar("extract"))
-    size = sum((entry.path / s["file"]).stat().st_size for s in entry.meta["shards"])
-    print(f"{'cache hit' if hit else 'extracted'}: {entry.key}  {entry.n_texts} texts, {entry.n_tokens} tokens, "
-          f"{len(entry.hooks)} hooks, {size / 2**20:.1f} MiB, {time.time() - t0:.1f} s")
+    size = sum(f["bytes"] for f in entry.meta["files"].values())
+    print(f"{'extracted' if entry.extracted else 'cache hit'}: {entry.key}  {entry.n_texts} texts, "
+          f"{entry.n_tokens} tokens, {len(entry.hooks)} hooks, {size / 2**20:.1f} MiB, {time.time() - t0:.1f} s")
     print(f"  {entry.path}")
 
 
@@ -133,6 +172,7 @@ def cmd_run(args) -> None:
     from .analysis import run_analysis
 
     params = _parse_sets(args.set)
+    out = _out_folder(args.out)
     if args.vectors and (args.model or args.data):
         raise WorkbenchError("Give either --vectors or --model/--data, not both.")
     model = None if args.vectors else (args.model or _default_model_for(args.analysis))
@@ -140,8 +180,8 @@ def cmd_run(args) -> None:
     t0 = time.time()
     result = run_analysis(args.analysis, model=model, data=data, vectors=args.vectors, params=params,
                           progress=_progress_bar(args.analysis), text_column=args.text_column,
-                          label_column=args.label_column)
-    paths = result.save(args.out, static=not args.no_static)
+                          label_column=args.label_column, vector_column=args.vector_column)
+    paths = result.save(out, static=not args.no_static)
     hits = [e["hit"] for e in result.manifest.get("cache", [])]
     cache_note = "" if not hits else (" (cache hit)" if all(hits) else " (extracted, now cached)")
     print(f"{args.analysis}: {len(result.table)} rows in {time.time() - t0:.1f} s{cache_note}")
@@ -160,7 +200,9 @@ def _default_model_for(analysis: str) -> str | None:
     from .models import DEFAULT_MODEL
 
     spec = get_analysis(analysis)
-    return spec.defaults.get("__model__", DEFAULT_MODEL) if ("model" in spec.inputs or "task" in spec.inputs) else None
+    if "model" not in spec.inputs and "task" not in spec.inputs:
+        return None
+    return spec.default_model or DEFAULT_MODEL
 
 
 def _default_data_for(analysis: str) -> str | None:
@@ -168,49 +210,85 @@ def _default_data_for(analysis: str) -> str | None:
     from .data import DEFAULT_DATASET
 
     spec = get_analysis(analysis)
-    return DEFAULT_DATASET if "model" in spec.inputs else None
+    return (spec.default_data or DEFAULT_DATASET) if "model" in spec.inputs else None
+
+
+def _read_plan(plan_path: Path) -> dict:
+    if not plan_path.exists():
+        raise WorkbenchError(f"No plan file at {plan_path}.")
+    try:
+        plan = yaml.safe_load(plan_path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise WorkbenchError(f"{plan_path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(plan, dict):
+        raise WorkbenchError(f"{plan_path} must be a mapping with keys analyses, models, datasets, vectors, params, out.")
+    if not plan.get("analyses"):
+        raise WorkbenchError(f"{plan_path} names no analyses (key 'analyses: [layer_stats, ...]').")
+    return plan
+
+
+def plan_jobs(plan: dict) -> list[tuple[str, str | None, str | None, str | None, str]]:
+    """(analysis, model, dataset, vectors, label) for every job of a batch plan.
+
+    Models × datasets for every analysis; each vectors file once per analysis. A plan with only
+    ``vectors`` makes no model jobs. Labels are unique folder names (a counter is added when two
+    jobs would share one, e.g. two vectors files with the same stem)."""
+    models, datasets, vectors = plan.get("models"), plan.get("datasets"), plan.get("vectors") or []
+    model_jobs = bool(models or datasets or not vectors)
+    jobs, seen = [], {}
+    for analysis in plan["analyses"]:
+        grid = [(m, d, None) for m in (models or [None]) for d in (datasets or [None])] if model_jobs else []
+        for model, data, vec in grid + [(None, None, v) for v in vectors]:
+            parts = (analysis, model or "", data or "", Path(vec).stem if vec else "")
+            label = "__".join(re.sub(r"[^\w.-]+", "_", str(x)) for x in parts if x)
+            seen[label] = seen.get(label, 0) + 1
+            if seen[label] > 1:
+                label = f"{label}-{seen[label]}"
+            jobs.append((analysis, model, data, vec, label))
+    return jobs
 
 
 def cmd_batch(args) -> None:
-    from .analysis import run_analysis
+    import traceback
 
-    plan_path = Path(args.plan)
-    if not plan_path.exists():
-        raise WorkbenchError(f"No plan file at {plan_path}.")
-    plan = yaml.safe_load(plan_path.read_text()) or {}
-    if not isinstance(plan, dict):
-        raise WorkbenchError(f"{plan_path} must be a mapping with keys analyses, models, datasets, params, out.")
-    analyses = plan.get("analyses") or []
-    if not analyses:
-        raise WorkbenchError(f"{plan_path} names no analyses (key 'analyses: [layer_stats, ...]').")
-    models = plan.get("models") or [None]
-    datasets = plan.get("datasets") or [None]
-    vectors = plan.get("vectors") or []
-    out = Path(args.out or plan.get("out", "out/batch"))
+    from .analysis import run_analysis
+    from .paths import atomic_write
+
+    plan_path = Path(args.plan).resolve()
+    plan = _read_plan(plan_path)
+    # a relative `out:` in the plan is relative to the plan's folder; --out is relative to here
+    out = _out_folder(args.out) if args.out else plan_path.parent / plan.get("out", "out/batch")
+    out = _out_folder(str(out))
     params_by = plan.get("params") or {}
-    jobs = []
-    for analysis in analyses:
-        for model in models:
-            for data in datasets:
-                jobs.append((analysis, model, data, None))
-        for vec in vectors:
-            jobs.append((analysis, None, None, vec))
+    jobs = plan_jobs(plan)
     rows = []
-    for n, (analysis, model, data, vec) in enumerate(jobs, start=1):
-        label = "__".join(str(x).replace("/", "_") for x in (analysis, model or "", data or "", Path(vec).stem if vec else "") if x)
-        print(f"[{n}/{len(jobs)}] {label}", flush=True)
-        t0 = time.time()
-        try:
-            result = run_analysis(analysis, model=model, data=data, vectors=vec, params=params_by.get(analysis, {}),
-                                  progress=_progress_bar(analysis))
-            result.save(out / label, static=not args.no_static)
-            rows.append({"job": label, "analysis": analysis, "model": model, "data": data or vec,
-                         "status": "ok", "seconds": round(time.time() - t0, 1), "rows": len(result.table)})
-        except WorkbenchError as exc:
-            rows.append({"job": label, "analysis": analysis, "model": model, "data": data or vec,
-                         "status": f"error: {exc}", "seconds": round(time.time() - t0, 1), "rows": 0})
-            print(f"  error: {exc}", file=sys.stderr)
-    _write_index(out, rows, plan_path)
+    try:
+        for n, (analysis, model, data, vec, label) in enumerate(jobs, start=1):
+            print(f"[{n}/{len(jobs)}] {label}", flush=True)
+            t0 = time.time()
+            row = {"job": label, "analysis": analysis, "model": model, "data": data or vec, "rows": 0}
+            try:
+                if vec is not None and not Path(vec).is_absolute():
+                    vec = str(plan_path.parent / vec)
+                result = run_analysis(analysis, model=model or (None if vec else _default_model_for(analysis)),
+                                      data=data or (None if vec else _default_data_for(analysis)), vectors=vec,
+                                      params=params_by.get(analysis, {}), progress=_progress_bar(analysis))
+                result.save(out / label, static=not args.no_static)
+                row.update(status="ok", rows=len(result.table))
+            except WorkbenchError as exc:
+                row["status"] = f"error: {exc}"
+                print(f"  error: {exc}", file=sys.stderr)
+            except Exception as exc:  # a bug in one job must not stop the others; its traceback is kept
+                folder = out / label
+                folder.mkdir(parents=True, exist_ok=True)
+                with atomic_write(folder / "error.txt") as handle:
+                    handle.write(traceback.format_exc())
+                row["status"] = f"failed: {exc.__class__.__name__}: {str(exc)[:200]} (traceback in {label}/error.txt)"
+                print(f"  {row['status']}", file=sys.stderr)
+            row["seconds"] = round(time.time() - t0, 1)
+            rows.append(row)
+    finally:
+        _write_index(out, rows, plan_path)
     print(f"wrote {out / 'index.html'} ({sum(r['status'] == 'ok' for r in rows)}/{len(rows)} ok)")
     if any(r["status"] != "ok" for r in rows):
         sys.exit(1)
@@ -223,9 +301,12 @@ def _write_index(out: Path, rows: list[dict], plan_path: Path) -> None:
     body = ["<table><tr><th>job</th><th>analysis</th><th>model</th><th>data</th><th>status</th>"
             "<th>seconds</th><th>files</th></tr>"]
     for r in rows:
-        link = (f'<a href="{html.escape(r["job"])}/figure.html">figure</a> · '
-                f'<a href="{html.escape(r["job"])}/result.csv">csv</a> · '
-                f'<a href="{html.escape(r["job"])}/manifest.json">manifest</a>') if r["status"] == "ok" else ""
+        job = html.escape(r["job"])
+        if r["status"] == "ok":
+            link = (f'<a href="{job}/figure.html">figure</a> · <a href="{job}/result.csv">csv</a> · '
+                    f'<a href="{job}/manifest.json">manifest</a>')
+        else:
+            link = f'<a href="{job}/error.txt">traceback</a>' if (out / r["job"] / "error.txt").exists() else ""
         body.append("<tr>" + "".join(f"<td>{html.escape(str(r[k]))}</td>" for k in
                                      ("job", "analysis", "model", "data", "status", "seconds")) + f"<td>{link}</td></tr>")
     body.append("</table>")
@@ -243,23 +324,33 @@ def cmd_cache(args) -> None:
 
     store = ActivationStore()
     if args.action == "ls":
-        rows = store.entries()
+        rows = store.listing()
         for r in rows:
             r["size"] = f"{r['bytes'] / 2**20:.1f} MiB"
             r["last_used"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["last_used"]))
-        print(_table(rows, ["key", "model", "dataset", "n_texts", "n_tokens", "hooks", "max_length", "size", "last_used"]))
-        print(f"{len(rows)} entries, {sum(r['bytes'] for r in rows) / 2**20:.1f} MiB "
+        print(_table(rows, ["key", "state", "model", "dataset", "n_texts", "n_tokens", "hooks", "max_length", "size",
+                            "last_used", "problem"]))
+        states = {s: sum(r["state"] == s for r in rows) for s in ("ok", "corrupt", "orphan", "writing")}
+        print(f"{states['ok']} entries, {states['corrupt']} corrupt, {states['orphan']} orphaned temporary folders, "
+              f"{states['writing']} being written; {sum(r['bytes'] for r in rows) / 2**20:.1f} MiB "
               f"(cap {store.max_bytes / 2**30:.1f} GiB) in {store.root}")
     elif args.action == "verify":
-        rows = store.entries()
+        rows = [r for r in store.listing() if r["state"] in ("ok", "corrupt")]
         bad = 0
         for r in rows:
             problem = store.verify(r["key"])
             print(f"{r['key']}  {'ok' if problem is None else 'CORRUPT: ' + problem}")
             bad += problem is not None
-        print(f"{len(rows) - bad}/{len(rows)} entries intact" + ("; corrupt entries are rebuilt on next use" if bad else ""))
+        orphans = store.remove_orphans()
+        print(f"{len(rows) - bad}/{len(rows)} entries intact" + ("; corrupt entries are rebuilt on next use "
+              "(`workbench cache clean` removes them now)" if bad else "")
+              + (f"; removed {len(orphans)} orphaned temporary folder(s)" if orphans else ""))
         if bad:
             sys.exit(1)
+    elif args.action == "clean":
+        done = store.clean()
+        print(f"removed {len(done['orphans'])} orphaned temporary folder(s) and {len(done['corrupt'])} corrupt "
+              f"entr{'y' if len(done['corrupt']) == 1 else 'ies'} from {store.root}")
     elif args.action == "rm":
         if not args.key:
             raise WorkbenchError("cache rm needs a KEY (see `workbench cache ls`).")
@@ -267,7 +358,8 @@ def cmd_cache(args) -> None:
             raise WorkbenchError(f"No cache entry with key {args.key!r}.")
         print(f"removed {args.key}")
     elif args.action == "clear":
-        print(f"removed {store.clear()} entries from {store.root}")
+        print(f"removed {store.clear()} entries and orphans from {store.root} (entries open in running processes "
+              "are kept)")
 
 
 def cmd_reproduce(args) -> None:
@@ -293,7 +385,7 @@ def cmd_app(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="workbench", description="Interpretability and embedding-analysis workbench.")
+    parser = _Parser(prog="workbench", description="Interpretability and embedding-analysis workbench.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details; show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list built-in and cached models").set_defaults(fn=cmd_models)
@@ -308,10 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--data", required=True)
     p.add_argument("--hooks", help="comma-separated hook names or groups: resid, resid_mid, attn_z, attn_out, mlp_out, sentence")
-    p.add_argument("--max-length", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--limit", type=int, default=None, help="first N texts only")
-    p.add_argument("--prepend-bos", type=lambda s: {"true": True, "false": False, "none": None}[s.lower()], default=None)
+    p.add_argument("--max-length", type=_positive_int, default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--limit", type=_positive_int, default=None, help="first N texts only")
+    p.add_argument("--prepend-bos", type=_tristate, default=None,
+                   help="true: every text starts with BOS; false: strip it; none: the tokenizer's own (default)")
     data_args(p)
     p.set_defaults(fn=cmd_extract)
 
@@ -320,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model")
     p.add_argument("--data")
     p.add_argument("--vectors", help=".npy, or parquet/csv of numeric columns (instead of --model/--data)")
+    p.add_argument("--vector-column", help="the column of a parquet/csv vectors file holding one list per row")
     p.add_argument("--out", required=True)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="analysis parameter (repeatable)")
     p.add_argument("--no-static", action="store_true", help="skip PNG/SVG export")
@@ -333,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_batch)
 
     p = sub.add_parser("cache", help="inspect or clean the activation cache")
-    p.add_argument("action", choices=["ls", "verify", "rm", "clear"])
+    p.add_argument("action", choices=["ls", "verify", "clean", "rm", "clear"])
     p.add_argument("key", nargs="?")
     p.set_defaults(fn=cmd_cache)
 

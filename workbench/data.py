@@ -88,28 +88,84 @@ def list_datasets() -> list[dict[str, str]]:
             for name, spec in BUILTIN_DATASETS.items() if (SAMPLE_DATA / spec[0]).exists()]
 
 
-def _read_text_file(path: Path) -> str:
+#: a single text longer than this is cut while reading (no model reads this far): memory stays bounded
+MAX_TEXT_CHARS = 1_000_000
+
+
+def _read_lines(path: Path, warnings_out: list[str]) -> list[str]:
+    """Non-empty stripped lines of a UTF-8 text file, streamed: a line longer than
+    :data:`MAX_TEXT_CHARS` is cut there (and counted in a warning) without being read whole."""
+    texts, n_cut, lineno = [], 0, 0
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8", newline="") as handle:
+            while True:
+                line = handle.readline(MAX_TEXT_CHARS)
+                if line == "":
+                    break
+                lineno += 1
+                if len(line) == MAX_TEXT_CHARS and not line.endswith("\n"):
+                    n_cut += 1
+                    while (rest := handle.readline(MAX_TEXT_CHARS)) and not rest.endswith("\n"):
+                        pass  # skip the remainder of the over-long line
+                if line.strip():
+                    texts.append(line.strip())
     except UnicodeDecodeError as exc:
-        raise WorkbenchError(
-            f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); re-save it as UTF-8.") from exc
+        raise WorkbenchError(f"{path} is not UTF-8 text (near line {lineno + 1}: {exc.reason}); re-save it as UTF-8.") from exc
+    if n_cut:
+        warnings_out.append(f"{n_cut} line(s) of {path.name} were longer than {MAX_TEXT_CHARS:,} characters and were cut there.")
+    return texts
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for lineno, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    raise WorkbenchError(f"{path} line {lineno} is not JSON ({exc.msg} at column {exc.colno}): "
+                                         "give one JSON object per line.") from None
+                if not isinstance(row, dict):
+                    raise WorkbenchError(f"{path} line {lineno} is a JSON {type(row).__name__}, not an object: give "
+                                         'one object per line, e.g. {"text": "..."}.')
+                rows.append(row)
+    except UnicodeDecodeError as exc:
+        raise WorkbenchError(f"{path} is not UTF-8 text ({exc.reason}); re-save it as UTF-8.") from exc
+    return pd.DataFrame(rows)
 
 
 def _read_table(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            _read_text_file(path)  # a clear error for non-UTF-8 files
-            return pd.read_csv(path)
+            with open(path, encoding="utf-8") as handle:  # a clear error for non-UTF-8 files
+                return pd.read_csv(handle)
         if suffix in {".jsonl", ".ndjson"}:
-            rows = [json.loads(line) for line in _read_text_file(path).splitlines() if line.strip()]
-            return pd.DataFrame(rows)
+            return _read_jsonl(path)
         if suffix == ".parquet":
             return pd.read_parquet(path)
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise WorkbenchError(f"Could not parse {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise WorkbenchError(f"{path} is not UTF-8 text ({exc.reason}); re-save it as UTF-8.") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise WorkbenchError(f"{path} holds no table (no header, no rows).") from exc
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        kind = "a parquet file" if suffix == ".parquet" else f"valid {suffix[1:].upper()}"
+        raise WorkbenchError(f"Could not read {path}: it is not {kind} ({str(exc).splitlines()[0][:200]}).") from exc
     raise WorkbenchError(f"Unsupported file type {suffix!r} for {path}: use .txt, .csv, .jsonl or .parquet.")
+
+
+def _text_values(frame: pd.DataFrame, column: str, path: Path) -> pd.DataFrame:
+    """Rows with a non-empty text in ``column``; a value that is a dict or list is an error."""
+    bad = frame[column].map(lambda v: isinstance(v, (dict, list, tuple, np.ndarray)))
+    if bad.any():
+        first = int(np.argmax(bad.to_numpy()))
+        raise WorkbenchError(f"{path}: column {column!r} holds a {type(frame[column].iloc[first]).__name__} in row "
+                             f"{first} (and {int(bad.sum()) - 1} more), not text: name a text column with --text-column.")
+    frame = frame[frame[column].notna()]
+    return frame[frame[column].astype(str).str.strip() != ""].reset_index(drop=True)
 
 
 _SLICE = re.compile(r"^(?P<base>.+)\[(?P<start>\d*):(?P<stop>\d*)\]$")
@@ -154,8 +210,9 @@ def load_dataset(spec: str | Path, text_column: str | None = None, label_column:
     if path.stat().st_size == 0:
         raise WorkbenchError(f"{path} is empty: it needs at least one text.")
 
+    notes: list[str] = []
     if path.suffix.lower() in {".txt", ".text", ""}:
-        texts = [line.strip() for line in _read_text_file(path).splitlines() if line.strip()]
+        texts = _read_lines(path, notes)
         frame = pd.DataFrame({"text": texts})
         text_column = "text"
         label_column = None
@@ -175,67 +232,107 @@ def load_dataset(spec: str | Path, text_column: str | None = None, label_column:
                 f"{path} has no label column {label_column!r}; its columns are {list(frame.columns)[:20]}.")
         if label_column is None and spec_str not in BUILTIN_DATASETS:
             label_column = next((c for c in LABEL_COLUMN_GUESSES if c in frame.columns), None)
-        frame = frame[frame[text_column].notna()]
-        frame = frame[frame[text_column].astype(str).str.strip() != ""].reset_index(drop=True)
-        texts = frame[text_column].astype(str).tolist()
+        frame = _text_values(frame, text_column, path)
+        texts = [t if len(t) <= MAX_TEXT_CHARS else t[:MAX_TEXT_CHARS] for t in frame[text_column].astype(str)]
     if not texts:
         raise WorkbenchError(f"{path} holds no non-empty text: it needs at least one text.")
-    ds = TextDataset(name, texts, frame.reset_index(drop=True), text_column, label_column, source=str(path))
+    ds = TextDataset(name, texts, frame.reset_index(drop=True), text_column, label_column, source=str(path),
+                     warnings=notes)
     return ds.subset(limit) if limit else ds
+
+
+def _npy_array(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise WorkbenchError(f"{path} is not a plain numeric .npy array (object arrays are refused): {exc}") from exc
+    except (OSError, EOFError) as exc:
+        raise WorkbenchError(f"{path} is not a .npy file ({exc}); save the matrix with numpy.save.") from exc
+    if isinstance(array, np.lib.npyio.NpzFile):
+        names = list(array.files)
+        array.close()
+        raise WorkbenchError(f"{path} is an .npz archive (arrays {names[:5]}), not a .npy array: save the one matrix "
+                             "with numpy.save(path, matrix).")
+    return array
+
+
+def _list_column(frame: pd.DataFrame) -> str | None:
+    """The one column whose values are lists/arrays (parquet) or JSON lists (CSV), if there is one."""
+    def is_list(v):
+        return isinstance(v, (list, np.ndarray)) or (isinstance(v, str) and v.lstrip().startswith("["))
+
+    found = [c for c in frame.columns if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])
+             if len(frame) and is_list(frame[c].iloc[0])]
+    return found[0] if len(found) == 1 else None
+
+
+def _table_vectors(path: Path, column: str | None) -> np.ndarray:
+    try:
+        frame = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
+    except pd.errors.EmptyDataError as exc:
+        raise WorkbenchError(f"{path} holds no table (no header, no rows).") from exc
+    except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        kind = "a parquet file" if path.suffix.lower() == ".parquet" else "a readable CSV"
+        raise WorkbenchError(f"Could not read {path}: it is not {kind} ({str(exc).splitlines()[0][:200]}).") from exc
+    if len(frame) == 0:
+        raise WorkbenchError(f"{path} has a header but no rows: it holds no vectors.")
+    column = column or _list_column(frame)
+    if column is None:
+        numeric = frame.select_dtypes(include=[np.number])
+        if numeric.shape[1] == 0:
+            raise WorkbenchError(f"{path} has no numeric columns: give one column per dimension, or one column of "
+                                 "lists named with --vector-column.")
+        return numeric.to_numpy()
+    if column not in frame.columns:
+        raise WorkbenchError(f"{path} has no column {column!r}; its columns are {list(frame.columns)[:20]}.")
+    values = frame[column]
+    try:
+        values = values.map(lambda v: json.loads(v) if isinstance(v, str) else v)
+        return np.stack([np.asarray(v, dtype=np.float64) for v in values])
+    except (ValueError, TypeError) as exc:
+        raise WorkbenchError(f"Column {column!r} of {path} does not hold equal-length numeric vectors: {exc}") from exc
 
 
 def load_vectors(path: str | Path, column: str | None = None) -> np.ndarray:
     """Load a matrix of embeddings float32 ``(N, D)`` from .npy, .parquet or .csv.
 
-    Tables: every numeric column is a dimension, or ``column`` names one column holding a list or
-    array per row. NaN or infinite values, a non-2-D array or an empty matrix are errors.
+    Tables: every numeric column is a dimension, or ``column`` (CLI ``--vector-column``; found by
+    itself when exactly one column holds lists) names one column holding a list per row (parquet
+    lists, or JSON lists such as ``"[0.1, 0.2]"`` in a CSV). NaN or infinite values, complex
+    numbers, a non-2-D array or an empty matrix are errors.
     """
     path = Path(path).expanduser()
     if not path.exists():
         raise WorkbenchError(f"No vectors file at {path}.")
+    if path.is_dir():
+        raise WorkbenchError(f"{path} is a folder: give a .npy, .parquet or .csv file.")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise WorkbenchError(f"{path} is not a plain numeric .npy array (object arrays are refused): {exc}") from exc
+        array = _npy_array(path)
     elif suffix in {".parquet", ".csv"}:
-        frame = pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path)
-        if column is None:
-            list_cols = [c for c in frame.columns if frame[c].dtype == object and len(frame) and
-                         isinstance(frame[c].iloc[0], (list, np.ndarray))]
-            column = list_cols[0] if len(list_cols) == 1 else None
-        if column is not None:
-            if column not in frame.columns:
-                raise WorkbenchError(f"{path} has no column {column!r}; its columns are {list(frame.columns)[:20]}.")
-            values = frame[column]
-            if suffix == ".csv":
-                values = values.map(lambda s: json.loads(s) if isinstance(s, str) else s)
-            try:
-                array = np.stack([np.asarray(v, dtype=np.float64) for v in values])
-            except ValueError as exc:
-                raise WorkbenchError(f"Column {column!r} of {path} does not hold equal-length vectors: {exc}") from exc
-        else:
-            numeric = frame.select_dtypes(include=[np.number])
-            if numeric.shape[1] == 0:
-                raise WorkbenchError(f"{path} has no numeric columns: give one column per dimension "
-                                     "or name a column of lists with --vector-column.")
-            array = numeric.to_numpy()
+        array = _table_vectors(path, column)
     else:
         raise WorkbenchError(f"Unsupported vectors file {suffix!r}: use .npy, .parquet or .csv.")
-    if not np.issubdtype(np.asarray(array).dtype, np.number):
+    array = np.asarray(array)
+    if np.iscomplexobj(array):
+        raise WorkbenchError(f"{path} holds complex numbers: give real vectors (e.g. the real and imaginary parts "
+                             "as separate dimensions).")
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise WorkbenchError(f"{path} does not hold numbers (dtype {array.dtype}).")
-    array = np.asarray(array, dtype=np.float32)
     if array.ndim != 2:
         raise WorkbenchError(f"{path} holds an array of shape {array.shape}; vectors must be 2-D (N, D).")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise WorkbenchError(f"{path} holds an empty matrix {array.shape}.")
-    bad = ~np.isfinite(array)
+    with np.errstate(over="ignore"):
+        array32 = array.astype(np.float32)
+    bad = ~np.isfinite(array32)
     if bad.any():
         rows = np.unique(np.nonzero(bad)[0])
-        raise WorkbenchError(f"{path} has NaN or infinite values in {len(rows)} row(s) (first: {rows[:5].tolist()}); "
-                             "drop or fix those rows.")
-    return array
+        beyond = np.isfinite(array).all() if np.issubdtype(array.dtype, np.floating) else False
+        why = "values beyond float32's range (about 3.4e38)" if beyond else "NaN or infinite values"
+        raise WorkbenchError(f"{path} has {why} in {len(rows)} row(s) (first: {rows[:5].tolist()}); "
+                             "drop or rescale those rows.")
+    return array32
 
 
 def vectors_hash(array: np.ndarray) -> str:

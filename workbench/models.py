@@ -24,6 +24,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import warnings
@@ -345,12 +346,81 @@ class LoadedModel:
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
-def _offline_error(name: str, exc: Exception) -> WorkbenchError:
-    names = ", ".join(builtin_models())
-    return WorkbenchError(
-        f"Could not load model {name!r}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}. "
-        f"It is not a built-in model nor a local folder, and the hub cannot be reached from here. "
-        f"Built-in models that load offline: {names}.")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _did_you_mean(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(builtin_models()), n=2, cutoff=0.6)
+    return f" Did you mean {' or '.join(close)}?" if close else ""
+
+
+def _hub_reachable(timeout: float = 1.0) -> bool:
+    """Whether the model hub answers within ``timeout`` s (so a typo fails fast when offline)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_cached(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # an id huggingface_hub refuses is simply not cached
+        return False
+
+
+def resolve_source(name: str) -> tuple[Path | None, str, bool]:
+    """``(local folder or None, what to give from_pretrained, local_files_only)`` for a model name.
+
+    A built-in name, an existing folder (checked for config.json and a weights file), or a hub id:
+    a hub id must be in the local hub cache or the hub must answer within a second, so a mistyped
+    name fails at once instead of after minutes of retries.
+    """
+    specs = builtin_models()
+    names = ", ".join(specs)
+    if name in specs:
+        folder = specs[name].resolve()
+        return folder, str(folder), True
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise WorkbenchError(f"{path} is a file: give the model's folder (with config.json and its weights).")
+        folder = path.resolve()
+        if not (folder / "config.json").exists():
+            raise WorkbenchError(f"The folder {folder} has no config.json: point at a transformers model folder.")
+        if not any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir()):
+            raise WorkbenchError(f"The folder {folder} has a config.json but no weights (model.safetensors, "
+                                 "pytorch_model.bin, ...): copy the weights there too.")
+        return folder, str(folder), True
+    if not _HUB_ID.match(name):
+        raise WorkbenchError(f"{name!r} is not a built-in model, an existing folder or a hub id (owner/name).{_did_you_mean(name)} "
+                             f"Built-in models: {names}.")
+    if _hub_cached(name):
+        return None, name, True
+    if not _hub_reachable():
+        raise WorkbenchError(f"Model {name!r} is not a built-in model, not a folder, and not in the local hub cache, and "
+                             f"the model hub cannot be reached from here.{_did_you_mean(name)} Built-in models that "
+                             f"load offline: {names}.")
+    return None, name, False
+
+
+def _load_error(name: str, source: str, exc: Exception) -> WorkbenchError:
+    first = str(exc).splitlines()[0][:240] if str(exc) else ""
+    where = f"the folder {source}" if Path(source).exists() else f"{name!r} from the hub"
+    return WorkbenchError(f"Could not load {where}: {exc.__class__.__name__}: {first}. Check that its config, "
+                          "tokenizer and weights are complete and undamaged.")
 
 
 def _kind_of(config) -> str:
@@ -403,26 +473,20 @@ def _load_model_cached(name: str, dtype: str, trust_remote_code: bool, check_log
     t0 = time.time()
     specs = builtin_models()
     revision = None
-    if name in specs:
-        folder: Path | None = specs[name].resolve()
-        source = str(folder)
-    elif Path(name).expanduser().exists():
-        folder = Path(name).expanduser().resolve()
-        if not (folder / "config.json").exists():
-            raise WorkbenchError(f"{folder} has no config.json: point at a transformers model folder.")
-        source = str(folder)
-    else:
-        folder, source = None, name
+    folder, source, local_only = resolve_source(name)
+    hub = {"trust_remote_code": trust_remote_code, "local_files_only": local_only}
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(source, **hub)
         kind = specs[name].kind if name in specs else _kind_of(config)
         loader = {"decoder": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "encoder": AutoModel}[kind]
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, **hub)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            hf_model = loader.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise _offline_error(name, exc) from exc
+            hf_model = loader.from_pretrained(source, dtype=torch_dtype, **hub)
+    except WorkbenchError:
+        raise
+    except Exception as exc:  # damaged or incomplete folders fail in many ways inside transformers
+        raise _load_error(name, source, exc) from exc
     hf_model.eval()
     if folder is None:
         # hub snapshot: identify by the commit hash in its cache path

@@ -41,8 +41,9 @@ def package_versions() -> dict[str, str]:
 
 
 def cli_command(analysis: str, model: str | None, data: str | None, vectors: str | None,
-                params: dict, defaults: dict) -> str:
-    """The `workbench run` command that reproduces a run (only non-default parameters are set)."""
+                params: dict, defaults: dict, options: dict | None = None) -> str:
+    """The `workbench run` command that reproduces a run (only non-default parameters are set;
+    ``options`` adds flags such as ``--text-column`` when their value is not None)."""
     parts = ["workbench", "run", analysis]
     if model:
         parts += ["--model", model]
@@ -50,6 +51,9 @@ def cli_command(analysis: str, model: str | None, data: str | None, vectors: str
         parts += ["--data", data]
     if vectors:
         parts += ["--vectors", vectors]
+    for flag, value in (options or {}).items():
+        if value is not None:
+            parts += [flag, str(value)]
     parts += ["--out", "out/" + analysis]
     for key, value in params.items():
         if key in defaults and defaults[key] == value:

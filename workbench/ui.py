@@ -1,16 +1,20 @@
 """Streamlit helpers shared by every page: the sidebar choices, running with progress, export.
 
-Pages stay thin: widgets for parameters, then :func:`run_and_show`. Heavy objects (models) live
-under ``st.cache_resource``; results are memoised per session by their inputs so that moving a
-widget that does not change the inputs does not recompute.
+Pages stay thin: widgets for parameters, built by :func:`param_widget` / :func:`param_widgets` from
+the analysis's :class:`~workbench.analysis.Param` declarations (defaults, bounds and choices come
+from there, not from the page), then :func:`run_and_show`. Heavy objects (models) live under ``st.cache_resource``;
+results are memoised per session by their inputs so that moving a widget that does not change the
+inputs does not recompute.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
@@ -133,6 +137,63 @@ def sidebar(model_kinds: tuple[str, ...] = ("decoder", "encoder", "seq2seq"), ne
                 except WorkbenchError as exc:
                     st.error(str(exc))
     return choice
+
+
+_DECLARED = object()  # param_widget's default: the Param's own default
+
+
+def _widget_bounds(param) -> tuple:
+    """(min_value, max_value) of a number widget that admits exactly the declared interval: an open
+    bound becomes the nearest value inside it (the next integer, or the next float)."""
+    def inside(bound, inclusive: bool, toward: int):
+        if bound is None:
+            return None
+        if param.type is int:
+            if inclusive:
+                return math.ceil(bound) if toward > 0 else math.floor(bound)
+            return math.floor(bound) + 1 if toward > 0 else math.ceil(bound) - 1
+        return float(bound) if inclusive else math.nextafter(float(bound), toward * math.inf)
+
+    return inside(param.min, param.min_inclusive, 1), inside(param.max, param.max_inclusive, -1)
+
+
+def param_widget(analysis: str, name: str, container=st, *, key: str, label: str | None = None,
+                 default: Any = _DECLARED, options: list | None = None, slider: bool = False, **widget_kwargs):
+    """The widget for one parameter of ``analysis``, built from its :class:`~workbench.analysis.Param`.
+
+    A selectbox for choices (or for ``options``, a subset of the allowed values), a checkbox for
+    booleans, a number input (or with ``slider=True`` a slider) bounded exactly as declared for numbers,
+    a text input otherwise (blank = None for nullable parameters). ``default`` overrides the declared
+    default where a page wants a cheaper start (it must be allowed). ``widget_kwargs`` go to the widget
+    (step, format, disabled, format_func, help). Returns the widget's value.
+    """
+    from .analysis import get_analysis
+
+    param = get_analysis(analysis).all_params[name]
+    value = param.default if default is _DECLARED else param.coerce(default)
+    label = label or name
+    widget_kwargs.setdefault("help", param.help or None)
+    if options is not None or param.choices:
+        options = [param.coerce(o) for o in options] if options is not None else list(param.choices)
+        return container.selectbox(label, options, index=options.index(value), key=key, **widget_kwargs)
+    if param.type is bool:
+        return container.checkbox(label, bool(value), key=key, **widget_kwargs)
+    if param.type in (int, float):
+        low, high = _widget_bounds(param)
+        cast = int if param.type is int else float
+        value = None if value is None else cast(value)
+        if "step" in widget_kwargs:
+            widget_kwargs["step"] = cast(widget_kwargs["step"])
+        if slider:
+            return container.slider(label, low, high, value, key=key, **widget_kwargs)
+        return container.number_input(label, low, high, value, key=key, **widget_kwargs)
+    text = container.text_input(label, "" if value is None else str(value), key=key, **widget_kwargs)
+    return None if param.nullable and not text.strip() else text
+
+
+def param_widgets(analysis: str, widgets: dict[str, dict]) -> dict:
+    """Widgets for several parameters: ``{name: param_widget keyword arguments}`` -> ``{name: value}``."""
+    return {name: param_widget(analysis, name, **kwargs) for name, kwargs in widgets.items()}
 
 
 def result_key(analysis: str, model, data_ref, vectors, params: dict) -> str:

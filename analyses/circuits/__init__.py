@@ -23,7 +23,7 @@ from workbench.analysis import AnalysisSpec, RunContext, register
 from workbench.results import Result
 
 from .attention import attention_scores
-from .pipeline import DEFAULTS, PARAM_HELP, find_circuit
+from .pipeline import DEFAULTS, PARAMS, check_params, find_circuit
 from .sae import CircuitSAE, train_sae
 from .scoring import circuit_scores, edge_node_scores, node_scores, unique_cooccurrences
 from .tasks import Task, make_task
@@ -97,9 +97,9 @@ register(AnalysisSpec(
              "agree with ablating every head?",
     run=run,
     figure=figure,
-    defaults=dict(DEFAULTS),
+    params=dict(PARAMS),
+    check_params=check_params,
     inputs=("task",),
     page="pages/6_Circuits.py",
-    param_help=dict(PARAM_HELP),
     readme_tables=TABLES,
 ))

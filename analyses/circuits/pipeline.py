@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from workbench.analysis import Param, defaults_of, validate_params
 from workbench.errors import WorkbenchError
 
 from .ablation import ablation_effects
@@ -39,62 +40,39 @@ from .sae import train_sae
 from .scoring import circuit_scores, edge_node_scores, node_scores, unique_cooccurrences
 from .tasks import DEFAULT_LAMBDA, TASKS, make_task
 
-DEFAULTS = {
-    "task": "ioi",
-    "task_file": "",
-    "n_examples": 250,
-    "position": "mean",
-    "n_features": 200,
-    "lambda": None,
-    "n_epochs": 500,
-    "lr": 1e-3,
-    "n_sae_examples": 10,
-    "seeds": 5,
-    "edges": True,
-    "ablation": "mean",
-    "ablation_examples": None,
-    "circuit_threshold": 0.02,
-    "period": 50,
-    "prepend_bos": True,
-    "batch_size": 32,
-    "attention_scores": None,
+PARAMS = {
+    "task": Param("ioi", f"one of {', '.join(TASKS)} (csv needs task_file)", choices=TASKS),
+    "task_file": Param("", "CSV with columns positive, negative, answer [, wrong]: one prompt pair per row"),
+    "n_examples": Param(250, "positive prompts (and as many negative ones); the paper uses 250", min=2),
+    "position": Param("mean", "'mean' over positions (paper) or 'final' position only", choices=("mean", "final")),
+    "n_features": Param(200, "SAE dictionary size (paper: 200)", min=2),
+    "lambda": Param(None, "SAE L1 coefficient; default (null) 0.02 (0.05 for docstring)", type=float, min=0),
+    "n_epochs": Param(500, "full-batch Adam epochs (paper: 500)", min=1),
+    "lr": Param(1e-3, "Adam learning rate (paper: 1e-3)", min=0, closed="neither"),
+    "n_sae_examples": Param(10, "examples the SAE trains on, drawn from positives + negatives (paper: 10; at most "
+                            "2 * n_examples)", min=1),
+    "seeds": Param(5, "number of trials (seeds seed, seed+1, ...): mean and sd over trials", min=1),
+    "edges": Param(True, "also compute the edge (code co-occurrence) score"),
+    "ablation": Param("mean", "'mean' (per-position mean ablation), 'patch' (from the paired negative) or 'none'",
+                      choices=("mean", "patch", "none")),
+    "ablation_examples": Param(None, "positive prompts used by the ablation baseline (default: n_examples)", type=int,
+                               min=1),
+    "circuit_threshold": Param(0.02, "reference circuit = heads whose ablation removes >= this fraction of the "
+                               "clean-minus-negative metric gap", min=0, max=1),
+    "period": Param(50, "induction task: length of the repeated random sequence", min=2),
+    "prepend_bos": Param(True, "prepend the tokenizer's BOS token to every prompt"),
+    "batch_size": Param(32, "prompts per forward pass", min=1),
+    "attention_scores": Param(None, "add previous-token / induction attention scores (default: induction task only)",
+                              type=bool),
 }
-
-PARAM_HELP = {
-    "task": f"one of {', '.join(TASKS)} (csv needs task_file)",
-    "task_file": "CSV with columns positive, negative, answer [, wrong]: one prompt pair per row",
-    "n_examples": "positive prompts (and as many negative ones); the paper uses 250",
-    "position": "'mean' over positions (paper) or 'final' position only",
-    "n_features": "SAE dictionary size (paper: 200)",
-    "lambda": "SAE L1 coefficient; default 0.02 (0.05 for docstring)",
-    "n_epochs": "full-batch Adam epochs (paper: 500)",
-    "lr": "Adam learning rate (paper: 1e-3)",
-    "n_sae_examples": "examples the SAE trains on, drawn from positives + negatives (paper: 10)",
-    "seeds": "number of trials (seeds seed, seed+1, ...): mean and sd over trials",
-    "edges": "also compute the edge (code co-occurrence) score",
-    "ablation": "'mean' (per-position mean ablation), 'patch' (from the paired negative) or 'none'",
-    "ablation_examples": "positive prompts used by the ablation baseline (default: n_examples)",
-    "circuit_threshold": "reference circuit = heads whose ablation removes >= this fraction of the "
-                         "clean-minus-negative metric gap",
-    "period": "induction task: length of the repeated random sequence",
-    "prepend_bos": "prepend the tokenizer's BOS token to every prompt",
-    "batch_size": "prompts per forward pass",
-    "attention_scores": "add previous-token / induction attention scores (default: induction task only)",
-}
+DEFAULTS = defaults_of(PARAMS)
 
 
-def _validate(p: dict) -> None:
-    ints = {"n_examples": 2, "n_features": 2, "n_epochs": 1, "n_sae_examples": 1, "seeds": 1, "period": 2,
-            "batch_size": 1}
-    for key, low in ints.items():
-        if int(p[key]) < low:
-            raise WorkbenchError(f"circuits: {key} must be >= {low}, got {p[key]}")
-    if p["position"] not in {"mean", "final"}:
-        raise WorkbenchError(f"circuits: position must be 'mean' or 'final', got {p['position']!r}")
-    if p["ablation"] not in {"mean", "patch", "none", None, False}:
-        raise WorkbenchError(f"circuits: ablation must be 'mean', 'patch' or 'none', got {p['ablation']!r}")
-    if int(p["n_sae_examples"]) > 2 * int(p["n_examples"]):
-        raise WorkbenchError("circuits: n_sae_examples cannot exceed the 2 * n_examples prompts available.")
+def check_params(p: dict) -> None:
+    """The constraint between parameters (each one is checked by its :class:`Param`)."""
+    if p["n_sae_examples"] > 2 * p["n_examples"]:
+        raise WorkbenchError(f"circuits: n_sae_examples ({p['n_sae_examples']}) cannot exceed the 2 * n_examples "
+                             f"= {2 * p['n_examples']} prompts available.")
 
 
 def _sd(values: list[float | None]) -> float | None:
@@ -116,11 +94,8 @@ def find_circuit(bridge, tokenizer, *, model_name: str | None = None, hf_config=
     ``ablation_effect`` (+ normalised), ``in_ablation_circuit``, ``ground_truth``, ranks; the
     summary holds per-seed and mean +- sd ROC-AUCs, precision/recall, runtimes, rank correlation.
     """
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise WorkbenchError(f"circuits has no parameter(s) {unknown}; its parameters are {sorted(DEFAULTS)}.")
-    p = {**DEFAULTS, **params}
-    _validate(p)
+    p = validate_params("circuits", PARAMS, params)
+    check_params(p)
     say = progress or (lambda done, total, msg="": None)
     n_layers, n_heads, d_model = model_shape(bridge)
     n_total = n_layers * n_heads
@@ -171,7 +146,7 @@ def find_circuit(bridge, tokenizer, *, model_name: str | None = None, hf_config=
 
     # ---- ablation baseline ------------------------------------------------------------------
     abl = None
-    if p["ablation"] not in {"none", None, False}:
+    if p["ablation"] != "none":
         abl = ablation_effects(bridge, task, mode=p["ablation"], n_examples=p["ablation_examples"],
                                batch_size=int(p["batch_size"]),
                                progress=lambda d, t: say(d, t, "ablating heads"))

@@ -12,37 +12,38 @@ from __future__ import annotations
 
 import pandas as pd
 
+from workbench.analysis import Param, defaults_of, int_list
 from workbench.errors import WorkbenchError
 
 from .lens import COLUMNS, decoder_lens, encoder_final_norm, summarize  # noqa: F401
 
 NAME = "decoder_lens"
 
-DEFAULTS = {
-    "source_column": "source",
-    "reference_column": "reference",
-    "task_column": "task",          # optional; "" or a missing column = one group "all"
-    "apply_final_norm": "auto",     # "auto" (on for pre-LN encoders) | true | false | "both"
-    "layers": None,                 # None = all encoder layers 0..L_e, or a list of ints
-    "max_new_tokens": 32,
-    "num_beams": 1,
-    "batch_size": 32,
-    "max_examples": 500,            # first N rows of the dataset
-    "examples_per_task_in_table": 1,
-}
 
-PARAM_HELP = {
-    "source_column": "dataset column with the encoder input text",
-    "reference_column": "column with the target text (for logprob, exact match, chrF); '' = none",
-    "task_column": "optional column to group score curves by (e.g. task); '' = one group",
-    "apply_final_norm": "final encoder norm on layers < L_e: auto (pre-LN encoders) | true | false | both",
-    "layers": "encoder layers to read, e.g. [0, 3, 6]; null = all 0..L_e",
-    "max_new_tokens": "generation length limit (same at every layer)",
-    "num_beams": "beam size (1 = greedy; same at every layer)",
-    "batch_size": "examples per forward pass",
-    "max_examples": "use the first N rows of the dataset",
-    "examples_per_task_in_table": "examples per task shown in the figure's layer -> output table",
+def _check_layers(value) -> list[int]:
+    """3, [0, 3, 6] or "0,3,6" -> a non-empty list of layer numbers >= 0 (the top is checked per model)."""
+    layers = int_list(value)
+    if not layers or min(layers) < 0:
+        raise ValueError("no layers, or a negative one")
+    return layers
+
+
+PARAMS = {
+    "source_column": Param("source", "dataset column with the encoder input text"),
+    "reference_column": Param("reference", "column with the target text (for logprob, exact match, chrF); '' = none"),
+    "task_column": Param("task", "optional column to group score curves by (e.g. task); '' or a missing column "
+                         "= one group"),
+    "apply_final_norm": Param("auto", "final encoder norm on layers < L_e: auto (pre-LN encoders) | true | false | "
+                              "both", choices=("auto", True, False, "both")),
+    "layers": Param(None, "encoder layers to read, e.g. [0, 3, 6]; null = all 0..L_e", type=object,
+                    check=_check_layers, allowed="a layer number >= 0 or a list of them, e.g. [0, 3, 6] or 0,3,6"),
+    "max_new_tokens": Param(32, "generation length limit (same at every layer)", min=1),
+    "num_beams": Param(1, "beam size (1 = greedy; same at every layer)", min=1),
+    "batch_size": Param(32, "examples per forward pass", min=1),
+    "max_examples": Param(500, "use the first N rows of the dataset", min=1),
+    "examples_per_task_in_table": Param(1, "examples per task shown in the figure's layer -> output table", min=0),
 }
+DEFAULTS = defaults_of(PARAMS)
 
 
 def _columns(frame: pd.DataFrame, params: dict):
@@ -190,15 +191,15 @@ def figure(result):
 
 
 def _register():
-    try:
-        from workbench.analysis import AnalysisSpec, register
+    from workbench.analysis import AnalysisSpec, register
 
-        from .results_tables import TABLES
-    except ImportError:  # core registry not available (yet); the back-end still works
-        return
+    from .results_tables import TABLES
+
     register(
         AnalysisSpec(
             name=NAME,
+            default_model="t5-tasks",
+            default_data="seq2seq-tasks",
             title="DecoderLens",
             question=(
                 "What does the decoder of an encoder-decoder model output when it reads an intermediate "
@@ -206,10 +207,9 @@ def _register():
             ),
             run=run,
             figure=figure,
-            defaults=dict(DEFAULTS),
+            params=dict(PARAMS),
             inputs=("model",),
             page="pages/3_DecoderLens.py",
-            param_help=PARAM_HELP,
             readme_tables=TABLES,
         )
     )

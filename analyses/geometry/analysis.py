@@ -8,6 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from workbench.analysis import Param, int_list
 from workbench.errors import WorkbenchError
 
 from ._common import as_matrix, subsample_rows
@@ -16,87 +17,65 @@ from .spectrum import scatter_matrix
 
 REPRESENTATIONS = ("token", "mean_pooled")
 
-GEOMETRY_DEFAULTS = {
-    "estimators": DEFAULT_ESTIMATORS,
-    "representation": "token",
-    "exclude_first": False,
-    "max_texts": 64,
-    "max_length": 128,
-    "layers": "",
-    "max_points": 5000,
-    "max_points_spectrum": 0,
-    "n_boot": 50,
-    "n_boot_spectrum": 20,
-    "ci_level": 0.95,
-    "mle_k": 20,
-    "discard_fraction": 0.1,
-    "reduction_factor": 5,
-    "pca_variance": 0.9,
-    "n_pairs": 10_000,
+
+def _check_estimators(spec) -> str:
+    return ",".join(parse_estimators(spec))
+
+
+def _check_layer_list(spec: str) -> str:
+    int_list(spec)  # the range is checked against the model when it runs
+    return spec
+
+
+GEOMETRY_PARAMS = {
+    "estimators": Param(DEFAULT_ESTIMATORS, "estimators to run, comma-separated", type=object,
+                        check=_check_estimators, allowed="a comma-separated list of " + ", ".join(ESTIMATORS)),
+    "representation": Param("token", "token: every token vector; mean_pooled: one mean vector per text",
+                            choices=REPRESENTATIONS),
+    "exclude_first": Param(False, "leave out position 0 of every text (BOS / [CLS]; 'massive activations' "
+                           "dominate sigma_1)"),
+    "max_texts": Param(64, "use the first N texts of the dataset (0 = all)", min=0),
+    "max_length": Param(128, "tokens per text (longer texts are truncated)", min=1),
+    "layers": Param("", "comma-separated layer numbers, blank = all (0 = embeddings, -1 = last)",
+                    check=_check_layer_list, allowed="comma-separated layer numbers such as 0,3,-1, or blank for all"),
+    "max_points": Param(5000, "seeded subsample for the kNN estimators (TwoNN, MLE); the same points at every "
+                        "layer (0 = all points)", min=0),
+    "max_points_spectrum": Param(0, "seeded subsample for SVD anisotropy / PCA dimensions (0 = all points)", min=0),
+    "n_boot": Param(50, "bootstrap resamples for the kNN and cosine intervals (0 = none)", min=0),
+    "n_boot_spectrum": Param(20, "bootstrap resamples for the SVD-anisotropy interval (0 = none)", min=0),
+    "ci_level": Param(0.95, "confidence level of the intervals", min=0, max=1, closed="neither"),
+    "mle_k": Param(20, "neighbours k of the MLE estimator", min=2),
+    "discard_fraction": Param(0.1, "TwoNN: fraction of the largest ratios r2/r1 discarded", min=0, max=1,
+                              closed="left"),
+    "reduction_factor": Param(5, "LLM-Microscope TwoNN: fit on the smallest 1/reduction_factor of the ratios",
+                              min=1),
+    "pca_variance": Param(0.9, "share of variance for the PCA linear dimension", min=0, max=1, closed="right"),
+    "n_pairs": Param(10_000, "random pairs for the cosine anisotropy", min=1),
 }
 
-GEOMETRY_HELP = {
-    "estimators": "comma-separated: " + ", ".join(ESTIMATORS),
-    "representation": "token: every token vector; mean_pooled: one mean vector per text",
-    "exclude_first": "leave out position 0 of every text (BOS / [CLS]; 'massive activations' dominate sigma_1)",
-    "max_texts": "use the first N texts of the dataset (0 = all)",
-    "max_length": "tokens per text (longer texts are truncated)",
-    "layers": "comma-separated layer numbers, blank = all (0 = embeddings)",
-    "max_points": "seeded subsample for the kNN estimators (TwoNN, MLE); the same points at every layer",
-    "max_points_spectrum": "seeded subsample for SVD anisotropy / PCA dimensions (0 = all points)",
-    "n_boot": "bootstrap resamples for the kNN and cosine intervals (0 = none)",
-    "n_boot_spectrum": "bootstrap resamples for the SVD-anisotropy interval (0 = none)",
-    "ci_level": "confidence level of the intervals",
-    "mle_k": "neighbours k of the MLE estimator",
-    "discard_fraction": "TwoNN: fraction of the largest ratios r2/r1 discarded",
-    "reduction_factor": "LLM-Microscope TwoNN: fit on the smallest 1/reduction_factor of the ratios",
-    "pca_variance": "share of variance for the PCA linear dimension",
-    "n_pairs": "random pairs for the cosine anisotropy",
-}
-
-PROJECTION_DEFAULTS = {
-    "layer": -1,
-    "method": "pca",
-    "representation": "token",
-    "exclude_first": False,
-    "color": "",
-    "max_texts": 64,
-    "max_length": 128,
-    "max_points": 5000,
-    "umap_n_neighbors": 15,
-    "umap_min_dist": 0.1,
-    "umap_metric": "euclidean",
-}
-
-PROJECTION_HELP = {
-    "layer": "layer to map (0 = embeddings, -1 = last)",
-    "method": "pca or umap",
-    "representation": "token or mean_pooled",
-    "exclude_first": "leave out position 0 of every text",
-    "color": "column to colour by: position, token, text_id, label or any dataset column (blank: automatic)",
-    "max_texts": "use the first N texts (0 = all)",
-    "max_length": "tokens per text",
-    "max_points": "points sent to the browser: a seeded subsample above this size",
-    "umap_n_neighbors": "UMAP n_neighbors",
-    "umap_min_dist": "UMAP min_dist",
-    "umap_metric": "UMAP metric (euclidean, cosine, ...)",
+PROJECTION_PARAMS = {
+    "layer": Param(-1, "layer to map (0 = embeddings, -1 = last)", min=-1),
+    "method": Param("pca", "pca or umap", choices=("pca", "umap")),
+    "representation": Param("token", "token or mean_pooled", choices=REPRESENTATIONS),
+    "exclude_first": Param(False, "leave out position 0 of every text"),
+    "color": Param("", "column to colour by: position, token, text_id, label or any dataset column (blank: automatic)"),
+    "max_texts": Param(64, "use the first N texts (0 = all)", min=0),
+    "max_length": Param(128, "tokens per text", min=1),
+    "max_points": Param(5000, "points sent to the browser: a seeded subsample above this size (0 = all)", min=0),
+    "umap_n_neighbors": Param(15, "UMAP n_neighbors", min=2),
+    "umap_min_dist": Param(0.1, "UMAP min_dist", min=0, max=1),
+    "umap_metric": Param("euclidean", "UMAP metric (euclidean, cosine, ...)"),
 }
 
 
 # ---------------------------------------------------------------- representations of a model
 
 
-def _check_representation(rep: str) -> str:
-    if rep not in REPRESENTATIONS:
-        raise WorkbenchError(f"representation must be one of {REPRESENTATIONS}; got {rep!r}.")
-    return rep
-
-
 def _parse_layers(spec, n_layers: int) -> list[int]:
     if spec in ("", None):
         return list(range(n_layers + 1))
     try:
-        vals = [int(s) for s in str(spec).replace(" ", "").split(",") if s != ""]
+        vals = int_list(str(spec))
     except ValueError as exc:
         raise WorkbenchError(f"layers must be comma-separated integers, got {spec!r}.") from exc
     out = []
@@ -140,7 +119,7 @@ def run_geometry(ctx):
     est = parse_estimators(p["estimators"])
     kwargs = {k: (int(v) if k not in ("ci_level", "discard_fraction", "pca_variance") else float(v))
               for k, v in _estimator_kwargs(p).items()}
-    rep = _check_representation(p["representation"])
+    rep = p["representation"]
     if ctx.vectors is not None:
         X = as_matrix(ctx.vectors, "vectors", min_rows=3)
         table = geometry_table([X], model="vectors", estimators=est, seed=ctx.seed, progress=ctx.progress, **kwargs)
@@ -251,10 +230,7 @@ def _short(s, n=80) -> str:
 
 def run_projection(ctx):
     p = ctx.params
-    method = str(p["method"]).lower()
-    if method not in ("pca", "umap"):
-        raise WorkbenchError(f"method must be 'pca' or 'umap'; got {p['method']!r}.")
-    rep = _check_representation(p["representation"])
+    method, rep = p["method"], p["representation"]
     excl = bool(p["exclude_first"])
     if ctx.vectors is not None:
         X = as_matrix(ctx.vectors, "vectors", min_rows=3)
@@ -347,12 +323,11 @@ def register_all() -> None:
         name="geometry",
         title="Geometry: anisotropy and intrinsic dimension",
         question="How anisotropic are the representations at each layer, and how many dimensions do they really use?",
-        run=run_geometry, figure=figure_geometry, defaults=dict(GEOMETRY_DEFAULTS),
-        inputs=("model", "vectors"), page="pages/4_Geometry.py", param_help=dict(GEOMETRY_HELP),
-        readme_tables=TABLES))
+        run=run_geometry, figure=figure_geometry, params=dict(GEOMETRY_PARAMS),
+        inputs=("model", "vectors"), page="pages/4_Geometry.py", readme_tables=TABLES))
     register(AnalysisSpec(
         name="projection",
         title="2-D map of one layer (PCA / UMAP)",
         question="What does one layer's representation cloud look like in two dimensions, coloured by position, token or label?",
-        run=run_projection, figure=figure_projection, defaults=dict(PROJECTION_DEFAULTS),
-        inputs=("model", "vectors"), page="pages/4_Geometry.py", param_help=dict(PROJECTION_HELP)))
+        run=run_projection, figure=figure_projection, params=dict(PROJECTION_PARAMS),
+        inputs=("model", "vectors"), page="pages/4_Geometry.py"))

@@ -115,8 +115,11 @@ def knn_distances(
     m = min(n - 1, k + extra)
 
     X64 = X.astype(np.float64, copy=False)
-    # translation changes no distance; centring improves the float32 precision of stage 1
-    X32 = torch.from_numpy((X64 - X64.mean(axis=0)).astype(np.float32))
+    # translation and scale change no neighbour order: stage 1 works on centred rows scaled to unit
+    # RMS, so float32 neither overflows (|x| ~ 1e30 squares to inf) nor underflows, and is most precise
+    centred = X64 - X64.mean(axis=0)
+    scale = float(np.sqrt(np.mean(centred * centred))) or 1.0
+    X32 = torch.from_numpy((centred / scale).astype(np.float32))
     sq = (X32 * X32).sum(dim=1)
 
     # Equal-sized blocks of at most B rows; a block, its threshold matrix and mask (9 bytes an

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from workbench.analysis import AnalysisSpec, RunContext, register
+from workbench.analysis import AnalysisSpec, Param, RunContext, int_list, register
 from workbench.errors import WorkbenchError
 from workbench.results import Result
 
@@ -37,49 +37,72 @@ from .search import REFINE_PROMPT, STAGE1_PROMPT, Embedder, Proposer, SearchConf
 #: max |‖v‖ - 1| accepted for vectors that a normalising embedder should have produced
 NORM_TOLERANCE = 0.02
 
-DEFAULTS = {
-    "embedder": "minilm-l6",
-    "proposer": "smollm2-135m",
-    "beam_width": 10,
-    "top_k": 10,
-    "top_p": 1.0,
-    "repetition_penalty": 1.5,
-    "max_steps": 32,
-    "refine_steps": 32,
-    "stages": 2,
-    "threshold": 0.99,
-    "randomness": False,
-    "prompt": STAGE1_PROMPT,
-    "refine_prompt": REFINE_PROMPT,
-    "layers": None,
-    "max_items": 20,
-    "batch_size": 128,
-    "check_norms": True,
-}
+
+def _requested_layers(value) -> list[int] | str:
+    """``layers`` as given -> "all" or layer numbers ([] = the sentence embedding); ValueError if malformed."""
+    if value is None or value == "" or value == []:
+        return []
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return "all"
+    return int_list(value)
 
 
 def parse_layers(value, n_layers: int) -> list[int | None]:
-    """``None``/"" -> [None] (sentence embedding); int; list of ints; "all"; "0,3,6"."""
-    if value is None or value == "" or value == []:
+    """``None``/"" -> [None] (sentence embedding); int; list of ints; "all"; "0,3,6"; negative = None."""
+    try:
+        requested = _requested_layers(value)
+    except ValueError as exc:
+        raise WorkbenchError(f"layers must be empty, 'all', an int or a list like 0,3,6; got {value!r}.") from exc
+    if requested == "all":
+        return list(range(n_layers + 1))
+    if not requested:
         return [None]
-    if isinstance(value, str):
-        if value.strip().lower() == "all":
-            return list(range(n_layers + 1))
-        try:
-            value = [int(v) for v in value.replace(" ", "").split(",") if v]
-        except ValueError as exc:
-            raise WorkbenchError(f"layers must be empty, 'all', an int or a list like 0,3,6; got {value!r}.") from exc
-    if isinstance(value, (int, np.integer)):
-        value = [int(value)]
     out = []
-    for v in value:
-        if v is None or int(v) < 0:
+    for v in requested:
+        if v < 0:
             out.append(None)
-        elif int(v) > n_layers:
+        elif v > n_layers:
             raise WorkbenchError(f"layer {v} does not exist: the embedder has layers 0..{n_layers}.")
         else:
-            out.append(int(v))
+            out.append(v)
     return list(dict.fromkeys(out))
+
+
+def _check_layers(value):
+    _requested_layers(value)  # the format only; the range is checked against the embedder when it runs
+    return value
+
+
+def _check_refine_prompt(prompt: str) -> str:
+    if "{text}" not in prompt:
+        raise ValueError("no {text}")
+    return prompt
+
+
+PARAMS = {
+    "embedder": Param("minilm-l6", "the embedder when no model is given (e.g. CLI --vectors); --model takes "
+                      "precedence"),
+    "proposer": Param("smollm2-135m", "causal LM that proposes next tokens (chat format)"),
+    "beam_width": Param(10, "beams kept per step (B)", min=1),
+    "top_k": Param(10, "proposals per beam (K)", min=1),
+    "top_p": Param(1.0, "nucleus cut inside top-k (1 = plain top-k)", min=0, max=1, closed="right"),
+    "repetition_penalty": Param(1.5, "CTRL penalty over prompt + generated tokens", min=0, closed="neither"),
+    "max_steps": Param(32, "proposer tokens in stage 1", min=1),
+    "refine_steps": Param(32, "proposer tokens in the refinement stage (0 or null = max_steps)", min=0,
+                          nullable=True),
+    "stages": Param(2, "1 = no refinement, 2 = refine once with the best stage-1 text", min=1),
+    "threshold": Param(0.99, "stop early when the cosine reaches this (above 1 = never)", min=-1),
+    "randomness": Param(False, "keep top 5 + seeded random beams"),
+    "prompt": Param(STAGE1_PROMPT, "stage-1 instruction"),
+    "refine_prompt": Param(REFINE_PROMPT, "stage-2 instruction ({text} = best stage-1 text)",
+                           check=_check_refine_prompt, allowed="a string containing {text}"),
+    "layers": Param(None, "empty = sentence embedding; an int, a list, or 'all' = mean-pooled hidden states",
+                    type=object, check=_check_layers,
+                    allowed="empty or null (the sentence embedding), 'all', a layer number or a list like 0,3,6"),
+    "max_items": Param(20, "invert the first N texts / vectors (0 or null = all)", min=0, nullable=True),
+    "batch_size": Param(128, "candidates per embedder forward", min=1),
+    "check_norms": Param(True, "refuse vectors whose norms do not match a normalising embedder"),
+}
 
 
 def check_vectors(vectors: np.ndarray, embedder: Embedder, check_norms: bool = True) -> None:
@@ -217,25 +240,13 @@ def figure(result: Result) -> go.Figure:
 
 register(AnalysisSpec(
     name="inversion",
+    default_model="minilm-l6",
     title="Embedding inversion",
     question="How much of the original text can be recovered from its embedding (or from a layer's mean-pooled state)?",
     run=run,
     figure=figure,
-    defaults=DEFAULTS,
+    params=PARAMS,
     inputs=("model", "vectors"),
     readme_tables=results_tables.TABLES,
     page="pages/7_Inversion.py",
-    param_help={
-        "embedder": "the embedder when no model is given (e.g. CLI --vectors); --model takes precedence",
-        "proposer": "causal LM that proposes next tokens (chat format)",
-        "beam_width": "beams kept per step (B)", "top_k": "proposals per beam (K)",
-        "top_p": "nucleus cut inside top-k (1 = plain top-k)",
-        "repetition_penalty": "CTRL penalty over prompt + generated tokens",
-        "max_steps": "proposer tokens in stage 1", "refine_steps": "proposer tokens in the refinement stage",
-        "stages": "1 = no refinement, 2 = refine once with the best stage-1 text",
-        "threshold": "stop early when the cosine reaches this", "randomness": "keep top 5 + seeded random beams",
-        "prompt": "stage-1 instruction", "refine_prompt": "stage-2 instruction ({text} = best stage-1 text)",
-        "layers": "empty = sentence embedding; an int, a list, or 'all' = mean-pooled hidden states",
-        "max_items": "invert the first N texts / vectors", "batch_size": "candidates per embedder forward",
-        "check_norms": "refuse vectors whose norms do not match a normalising embedder"},
 ))

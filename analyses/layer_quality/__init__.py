@@ -31,7 +31,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from workbench.analysis import AnalysisSpec, RunContext, register
+from workbench.analysis import AnalysisSpec, Param, RunContext, defaults_of, register
 from workbench.data import TextDataset, load_dataset
 from workbench.errors import WorkbenchError
 from workbench.results import Result
@@ -62,57 +62,48 @@ DEFINITIONS = {
     "retrieval_mrr": "mean reciprocal rank of the true abstract for each title (cosine, per-set centred)",
 }
 
-DEFAULTS = {
-    "max_texts": 200, "max_length": 128, "skip_first": False, "pooling": "mean",
-    "alpha": 1.0, "normalization": "maxEntropy", "clamp": False, "curvature": "paper",
-    "aug_texts": 32, "n_augmentations": 16, "aug_max_words": 32, "aug_word_p": 0.3, "aug_char_p": 0.3,
-    "temperature": 0.1, "dime_permutations": 10, "lidar_delta": 1e-4,
-    "probe_data": "auto", "probe_max_texts": 0, "probe_folds": 5,
-    "retrieval_data": "abstracts", "retrieval_query_column": "title", "retrieval_doc_column": "abstract",
-    "retrieval_pairs": 200,
+
+
+def _zero_or_at_least_two(n: int) -> int:
+    if n == 1:
+        raise ValueError("1 is neither 0 nor >= 2")
+    return n
+
+
+PARAMS = {
+    "max_texts": Param(200, "prompts (the first N texts) for the prompt-level and dataset-level metrics "
+                       "(TwoNN and the entropies need at least 3)", min=3),
+    "max_length": Param(128, "tokens per text (longer texts are truncated)", min=1),
+    "skip_first": Param(False, "leave out position 0 of each text (BOS / attention-sink massive activations)"),
+    "pooling": Param("mean", "prompt vector: 'mean' of token states, or 'normalized_mean' (centre + row-normalise "
+                     "first)", choices=POOLINGS),
+    "alpha": Param(1.0, "Renyi order of the matrix entropies (1 = von Neumann)", min=0, closed="neither"),
+    "normalization": Param("maxEntropy", "entropy normalisation: " + ", ".join(ENTROPY_NORMALIZATIONS),
+                           choices=ENTROPY_NORMALIZATIONS),
+    "clamp": Param(False, "clamp Gram entries at 0 before the entropy (the reference code's quirk)"),
+    "curvature": Param("paper", "curvature variant: 'paper' (angle in [0, pi]) or 'abs_cos' (reference code, "
+                       "[0, pi/2])", choices=CURVATURE_VARIANTS),
+    "aug_texts": Param(32, "prompts that get augmented copies (0 = skip InfoNCE, LiDAR and DiME; else >= 2)", min=0,
+                       check=_zero_or_at_least_two, allowed="0 (skip) or an integer >= 2"),
+    "n_augmentations": Param(16, "augmented copies per prompt (LiDAR uses all, InfoNCE/DiME the first two)", min=2),
+    "aug_max_words": Param(32, "augment only the first N words of each prompt (0 = all)", min=0),
+    "aug_word_p": Param(0.3, "share of eligible words changed by each augmentation step", min=0, max=1),
+    "aug_char_p": Param(0.3, "share of characters changed in a chosen word", min=0, max=1),
+    "temperature": Param(0.1, "InfoNCE temperature", min=0, closed="neither"),
+    "dime_permutations": Param(10, "random permutations averaged in DiME", min=1),
+    "lidar_delta": Param(1e-4, "ridge added to LiDAR's within-class scatter", min=0, closed="neither"),
+    "probe_data": Param("auto", "labelled texts for the topic probe: 'auto' (the run's data if labelled, else the "
+                        "built-in topics set), a built-in name, a file, or '' to skip"),
+    "probe_max_texts": Param(0, "use the first N labelled texts (0 = all)", min=0),
+    "probe_folds": Param(5, "cross-validation folds of the probe", min=2),
+    "retrieval_data": Param("abstracts", "a table with query and document columns (default: the sample abstracts); "
+                            "'' to skip"),
+    "retrieval_query_column": Param("title", "query column (default title)"),
+    "retrieval_doc_column": Param("abstract", "document column (default abstract)"),
+    "retrieval_pairs": Param(200, "use the first N pairs (0 = all; retrieval needs at least 2)", min=0,
+                             check=_zero_or_at_least_two, allowed="0 (all) or an integer >= 2"),
 }
-
-PARAM_HELP = {
-    "max_texts": "prompts (the first N texts) for the prompt-level and dataset-level metrics",
-    "max_length": "tokens per text (longer texts are truncated)",
-    "skip_first": "leave out position 0 of each text (BOS / attention-sink massive activations)",
-    "pooling": "prompt vector: 'mean' of token states, or 'normalized_mean' (centre + row-normalise first)",
-    "alpha": "Renyi order of the matrix entropies (1 = von Neumann)",
-    "normalization": "entropy normalisation: " + ", ".join(ENTROPY_NORMALIZATIONS),
-    "clamp": "clamp Gram entries at 0 before the entropy (the reference code's quirk)",
-    "curvature": "curvature variant: 'paper' (angle in [0, pi]) or 'abs_cos' (reference code, [0, pi/2])",
-    "aug_texts": "prompts that get augmented copies (0 = skip InfoNCE, LiDAR and DiME)",
-    "n_augmentations": "augmented copies per prompt (LiDAR uses all, InfoNCE/DiME the first two)",
-    "aug_max_words": "augment only the first N words of each prompt (0 = all)",
-    "aug_word_p": "share of eligible words changed by each augmentation step",
-    "aug_char_p": "share of characters changed in a chosen word",
-    "temperature": "InfoNCE temperature",
-    "dime_permutations": "random permutations averaged in DiME",
-    "lidar_delta": "ridge added to LiDAR's within-class scatter",
-    "probe_data": "labelled texts for the topic probe: 'auto' (the run's data if labelled, else the "
-                  "built-in topics set), a built-in name, a file, or '' to skip",
-    "probe_max_texts": "use the first N labelled texts (0 = all)",
-    "probe_folds": "cross-validation folds of the probe",
-    "retrieval_data": "a table with query and document columns (default: the sample abstracts); '' to skip",
-    "retrieval_query_column": "query column (default title)",
-    "retrieval_doc_column": "document column (default abstract)",
-    "retrieval_pairs": "use the first N pairs",
-}
-
-
-def _check_params(p: dict) -> None:
-    if p["normalization"] not in ENTROPY_NORMALIZATIONS:
-        raise WorkbenchError(f"normalization must be one of {', '.join(ENTROPY_NORMALIZATIONS)}; got {p['normalization']!r}.")
-    if p["curvature"] not in CURVATURE_VARIANTS:
-        raise WorkbenchError(f"curvature must be one of {', '.join(CURVATURE_VARIANTS)}; got {p['curvature']!r}.")
-    if p["pooling"] not in POOLINGS:
-        raise WorkbenchError(f"pooling must be one of {', '.join(POOLINGS)}; got {p['pooling']!r}.")
-    if p["max_texts"] < 3:
-        raise WorkbenchError(f"max_texts must be at least 3 (TwoNN and entropies need points); got {p['max_texts']}.")
-    if p["aug_texts"] and (p["aug_texts"] < 2 or p["n_augmentations"] < 2):
-        raise WorkbenchError("augmentation metrics need aug_texts >= 2 and n_augmentations >= 2 (or aug_texts = 0 to skip).")
-    if not p["alpha"] > 0:
-        raise WorkbenchError(f"alpha must be > 0; got {p['alpha']}.")
+DEFAULTS = defaults_of(PARAMS)
 
 
 def _pooled(entry, hook: str, p: dict) -> np.ndarray:
@@ -134,7 +125,6 @@ def _vectors_run(ctx: RunContext):
 
 def run(ctx: RunContext):
     p = ctx.params
-    _check_params(p)
     if ctx.model is None and ctx.vectors is not None:
         return _vectors_run(ctx)
     model = ctx.require_model()
@@ -320,8 +310,7 @@ register(AnalysisSpec(
     question="Which layer gives the best representations, and which unsupervised metric tells?",
     run=run,
     figure=figure,
-    defaults=DEFAULTS,
-    param_help=PARAM_HELP,
+    params=PARAMS,
     inputs=("model", "vectors"),
     readme_tables=results_tables.TABLES,
     page="pages/5_Layer_quality.py",

@@ -6,7 +6,7 @@
 - ``cli``: ``workbench train-lens``.
 """
 
-from workbench.analysis import AnalysisSpec, register
+from workbench.analysis import AnalysisSpec, Param, register
 
 from . import analysis as _analysis
 from . import results_tables
@@ -21,8 +21,7 @@ register(AnalysisSpec(
              "with its own final norm and unembedding?",
     run=lambda ctx: _analysis._run(ctx, "logit"),
     figure=_analysis.figure,
-    defaults=dict(_analysis.DEFAULTS),
-    param_help=dict(_analysis.PARAM_HELP),
+    params=dict(_analysis.PARAMS),
     inputs=("model",),
     page="pages/2_Lenses.py",
     figures={"curves": lambda r: _analysis.curves(r.table)},
@@ -35,9 +34,8 @@ register(AnalysisSpec(
              "final distribution) corrects for the drift of the residual basis? Compared with the logit lens.",
     run=lambda ctx: _analysis._run(ctx, "tuned"),
     figure=_analysis.figure,
-    defaults={**{k: v for k, v in _analysis.DEFAULTS.items() if k != "resid_mid"}, "compare_logit": True},
-    param_help={**{k: v for k, v in _analysis.PARAM_HELP.items() if k != "resid_mid"},
-                "compare_logit": "also compute the logit lens on the same positions (rows with lens=logit)"},
+    params={**{k: v for k, v in _analysis.PARAMS.items() if k != "resid_mid"},
+            "compare_logit": Param(True, "also compute the logit lens on the same positions (rows with lens=logit)")},
     inputs=("model",),
     page="pages/2_Lenses.py",
     figures={"curves": lambda r: _analysis.curves(r.table)},

@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from workbench.analysis import Param
 from workbench.errors import WorkbenchError
 
 from .core import CHUNK, Unembed, final_logprobs, lens_logits, stats_from_logprobs
@@ -29,14 +30,23 @@ from .train import StateReader, find_lens, load_lens, train_command_hint
 
 TARGETS = ("final_top1", "next_token")
 
-DEFAULTS = {"max_texts": 16, "max_length": 64, "top_k": 5, "target": "final_top1", "resid_mid": False}
-PARAM_HELP = {
-    "max_texts": "use the first N texts of the dataset",
-    "max_length": "tokens per text (longer texts are truncated)",
-    "top_k": "top tokens kept per layer and position",
-    "target": "token whose probability and rank are tracked: final_top1 (the model's own prediction), "
-              "next_token (the text's next token), or a literal token such as ' Paris'",
-    "resid_mid": "also decode after each attention sublayer (hook_resid_mid; logit lens only)",
+
+def _check_target(target: str) -> str:
+    """A target is final_top1, next_token or a literal token: any non-empty string (one token is checked
+    against the model's tokenizer when it runs)."""
+    if not target:
+        raise ValueError("empty target")
+    return target
+
+
+PARAMS = {
+    "max_texts": Param(16, "use the first N texts of the dataset", min=1),
+    "max_length": Param(64, "tokens per text (longer texts are truncated)", min=1),
+    "top_k": Param(5, "top tokens kept per layer and position", min=1),
+    "target": Param("final_top1", "token whose probability and rank are tracked: final_top1 (the model's own "
+                    "prediction), next_token (the text's next token), or a literal token such as ' Paris'",
+                    check=_check_target, allowed=f"{', '.join(TARGETS)} or a literal token such as \" Paris\""),
+    "resid_mid": Param(False, "also decode after each attention sublayer (hook_resid_mid; logit lens only)"),
 }
 
 
@@ -143,10 +153,6 @@ def _run(ctx, lens_kind: str):
     if model.kind != "decoder":
         raise WorkbenchError(f"The {lens_kind} lens needs a decoder-only model; {model.name} is a {model.kind}.")
     p = ctx.params
-    if p["target"] not in TARGETS and not isinstance(p["target"], str):
-        raise WorkbenchError(f"target must be one of {TARGETS} or a token string, got {p['target']!r}.")
-    if int(p["top_k"]) < 1:
-        raise WorkbenchError("top_k must be >= 1.")
     lenses: dict = {"logit": None}
     summary: dict = {}
     if lens_kind == "tuned":
