@@ -44,7 +44,7 @@ def main() -> int:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads "
           f"{args.threads}, load average {os.getloadavg()[0]:.1f}")
     emb_model = load_model("minilm-l6")
-    proposer_model = load_model("smollm2-135m", check_logits=False)
+    proposer_model = load_model("smollm2-135m")
     sents = [s for s in (Path(__file__).resolve().parents[1] / "sample_data" / "inversion_eval.txt")
              .read_text().splitlines() if s.strip()]
     # the candidates of one real search step (B*K extensions of the beams after --cand-step steps)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from workbench.data import TextDataset
+from workbench.hooked import embed_numpy
 from workbench.models import load_model, resid_hook
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,7 @@ def test_smollm2_store_matches_transformers_hidden_states(smollm, store):
 def test_minilm_sentence_embedding_equals_sentence_transformers(minilm, store):
     st_mod = pytest.importorskip("sentence_transformers")
     texts = ["A cat sits on the mat.", "Language models have layers.", "Paris is the capital of France."]
-    ours = minilm.embed(texts)
+    ours = embed_numpy(minilm, texts)
     ref = st_mod.SentenceTransformer(str(minilm.folder), device="cpu").encode(texts, convert_to_numpy=True)
     np.testing.assert_allclose(ours, ref, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
@@ -138,7 +139,7 @@ def test_minilm_truncated_texts_equal_transformers_and_sentence_transformers(min
     ref_model.max_seq_length = 128
     ref = ref_model.encode(texts, convert_to_numpy=True)
     np.testing.assert_allclose(entry.mean_pooled("sentence_embedding"), ref, atol=1e-5)
-    np.testing.assert_allclose(minilm.embed(texts[:4]) if minilm.max_length == 128 else ref[:4], ref[:4], atol=1e-5)
+    np.testing.assert_allclose(embed_numpy(minilm, texts[:4], max_length=128), ref[:4], atol=1e-5)
 
 
 def test_smollm2_truncation_keeps_bos_and_counts(smollm, store):

@@ -56,9 +56,11 @@ def tiny():
     etok = _char_tokenizer(chat=False)
     bert = BertModel(BertConfig(vocab_size=len(etok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                 num_attention_heads=2, max_position_embeddings=256)).eval()
-    proposer = LoadedModel("tiny-llama", "decoder", lm, ptok, "tiny-llama@0", None, n_layers=2, d_model=32)
-    embedder = LoadedModel("tiny-bert", "encoder", bert, etok, "tiny-bert@0", None, n_layers=2, d_model=32,
-                           max_length=256, sentence_pooling="mean", sentence_normalize=True)
+    # built by hand from configs: the cached-step test below checks this proposer's KV-cache path itself
+    proposer = LoadedModel(name="tiny-llama", kind="decoder", hf_model=lm, tokenizer=ptok, fingerprint="tiny-llama@0",
+                           n_layers=2, d_model=32, load_report={"kv_cache_ok": True})
+    embedder = LoadedModel(name="tiny-bert", kind="encoder", hf_model=bert, tokenizer=etok, fingerprint="tiny-bert@0",
+                           n_layers=2, d_model=32, max_length=256, sentence_pooling="mean", sentence_normalize=True)
     return proposer, embedder
 
 

@@ -67,9 +67,9 @@ def test_fingerprint_changes_with_weights(tiny_llama_dir, tmp_path):
     with torch.no_grad():
         model.lm_head.weight.add_(1.0)
     model.save_pretrained(copy)
-    from workbench.models import _load_model_cached
+    from workbench.models import clear_loaded
 
-    _load_model_cached.cache_clear()
+    clear_loaded()
     b = load_model(str(copy)).fingerprint
     assert a != b and a.endswith(":float32")
 

@@ -1,6 +1,7 @@
 """Results, export and the CLI end to end on a tiny model (real files on disk)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +143,58 @@ def test_static_export_or_clear_message(tiny_llama_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(results, "chromium_path", lambda: None)
     with pytest.raises(WorkbenchError, match="apt-get install chromium"):
         results.figure_image(r.figure(), "png")
+
+
+def test_cached_run_never_loads_the_weights(tiny_llama_dir, tmp_path, monkeypatch):
+    """A second run whose activations are all in the store gets its key from the model's card."""
+    from workbench.analysis import run_analysis
+    from workbench.models import LazyModel, clear_loaded
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    texts = tmp_path / "t.txt"
+    texts.write_text("the cat sat\na dog on the mat\n")
+    first = run_analysis("layer_stats", model=str(tiny_llama_dir), data=str(texts), params={"max_length": 8})
+    assert first.manifest["model"]["weights_loaded"] is True
+    clear_loaded()  # a fresh process: nothing loaded in memory
+    second = run_analysis("layer_stats", model=str(tiny_llama_dir), data=str(texts), params={"max_length": 8})
+    assert second.manifest["model"]["weights_loaded"] is False and second.manifest["cache"][0]["hit"]
+    pd.testing.assert_frame_equal(first.table, second.table)
+    # anything the card lacks loads the model on first use
+    from workbench.models import load_model
+
+    lazy = load_model(str(tiny_llama_dir), lazy=True)
+    assert isinstance(lazy, LazyModel) and not lazy.loaded
+    assert lazy.tokenizer is not None and lazy.loaded
+
+
+def test_each_analysis_has_a_default_model_of_its_kind():
+    from workbench.cli import _default_data_for, _default_model_for
+
+    assert _default_model_for("inversion") == "minilm-l6"
+    assert (_default_model_for("decoder_lens"), _default_data_for("decoder_lens")) == ("t5-tasks", "seq2seq-tasks")
+    assert _default_model_for("geometry") == "smollm2-135m"
+
+
+def test_a_run_writes_only_its_cache_and_its_out_folder(tiny_llama_dir):
+    """HOME, the working folder and TMPDIR are empty after a run: every file went to the cache or --out
+    (PNG/SVG export included: Chromium's profile, config and sockets stay in the cache)."""
+    import shutil
+    import tempfile
+
+    tmp_path = Path(tempfile.mkdtemp(prefix="wbt-"))  # short, like a real cache path (see figure_images)
+    home, cwd, tmpdir, cache, out = (tmp_path / n for n in ("home", "cwd", "tmpdir", "cache", "out"))
+    for folder in (home, cwd, tmpdir):
+        folder.mkdir()
+    data = tmp_path / "t.txt"
+    data.write_text("the cat sat\na dog on the mat\n")
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmpdir), "WORKBENCH_CACHE": str(cache)}
+    for _ in range(2):  # extracting, then a cache hit
+        proc = subprocess.run([sys.executable, "-m", "workbench.cli", "run", "layer_stats", "--model",
+                               str(tiny_llama_dir), "--data", str(data), "--out", str(out)], cwd=cwd, env=env,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    leftovers = [str(p.relative_to(tmp_path)) for folder in (home, cwd, tmpdir) for p in folder.rglob("*")]
+    manifest = json.loads((out / "manifest.json").read_text())
+    shutil.rmtree(tmp_path)
+    assert leftovers == [], leftovers
+    assert manifest["static_export"] == "png, svg"  # the export ran, and left nothing behind

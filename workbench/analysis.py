@@ -33,7 +33,7 @@ import torch
 
 from .data import TextDataset, load_dataset, load_vectors, vectors_hash
 from .errors import WorkbenchError
-from .models import LoadedModel, load_model
+from .models import LazyModel, LoadedModel, ModelInfo, load_model
 from .results import Result, cli_command, package_versions
 from .store import ActivationStore, CacheEntry, Progress
 
@@ -361,15 +361,18 @@ class RunContext:
         model = self.require_model()
         ds = dataset if dataset is not None else self.require_dataset()
         store = self.store or ActivationStore()
-        key = store.key_for(model, ds, list(dict.fromkeys(hooks or model.resid_hooks())),
-                            min(max_length or model.max_length, model.max_length), prepend_bos)
-        hit = store.open(key) is not None
         t0 = time.time()
         entry = store.get_or_extract(model, ds, hooks, max_length=max_length, prepend_bos=prepend_bos,
                                      batch_size=batch_size, progress=self.progress_fn)
-        self.cache_events.append({"key": entry.key, "hit": hit, "dataset": ds.name,
+        self.cache_events.append({"key": entry.key, "hit": not entry.extracted, "dataset": ds.name,
                                   "seconds": round(time.time() - t0, 3)})
         return entry
+
+
+def _memory_text(max_memory) -> str | None:
+    if isinstance(max_memory, dict):
+        return ",".join(f"{k}={v}" for k, v in max_memory.items())
+    return max_memory
 
 
 def _seed_everything(seed: int) -> None:
@@ -382,8 +385,15 @@ def run_analysis(name: str, model: str | LoadedModel | None = None, data: str | 
                  vectors: str | np.ndarray | None = None, params: dict | None = None,
                  progress: Progress | None = None, store: ActivationStore | None = None,
                  text_column: str | None = None, label_column: str | None = None,
-                 vector_column: str | None = None) -> Result:
-    """Run a registered analysis and return its :class:`Result` (table + manifest)."""
+                 vector_column: str | None = None, device: str | None = "auto", dtype: str | None = "auto",
+                 device_map: str | None = None, max_memory: str | dict | None = None) -> Result:
+    """Run a registered analysis and return its :class:`Result` (table + manifest).
+
+    ``model`` is a name (built-in, folder or hub id) or a loaded model; by name it is opened lazily
+    (:class:`~workbench.models.LazyModel`): when every activation the analysis needs is in the store,
+    the weights are never loaded. ``device``, ``dtype``, ``device_map`` and ``max_memory`` are passed
+    to :func:`~workbench.models.load_model`.
+    """
     spec = get_analysis(name)
     declared = spec.all_params
     # validated before any input is read, so a bad value fails fast and the back-end gets clean types
@@ -404,7 +414,8 @@ def run_analysis(name: str, model: str | LoadedModel | None = None, data: str | 
     # inputs are checked cheapest first, so a bad file fails before a model is loaded
     model_obj = model_ref = None
     if model is not None:
-        model_obj = model if isinstance(model, LoadedModel) else load_model(model)
+        model_obj = model if isinstance(model, ModelInfo) else load_model(
+            model, device=device, dtype=dtype, device_map=device_map, max_memory=max_memory, lazy=True)
         model_ref = model_obj.name
     if vec_obj is None and model_obj is None and spec.inputs != ("none",):
         raise WorkbenchError(f"{name} needs {'--model' if 'vectors' not in spec.inputs else '--model or --vectors'}.")
@@ -424,7 +435,10 @@ def run_analysis(name: str, model: str | LoadedModel | None = None, data: str | 
         "seed": ctx.seed,
         "model": None if model_obj is None else {
             "name": model_obj.name, "fingerprint": model_obj.fingerprint, "kind": model_obj.kind,
-            "n_layers": model_obj.n_layers, "d_model": model_obj.d_model, "load_report": model_obj.load_report},
+            "device": model_obj.device, "dtype": model_obj.dtype, "n_layers": model_obj.n_layers,
+            "d_model": model_obj.d_model, "load_report": model_obj.load_report,
+            # False: every activation came from the store and the weights were never loaded
+            "weights_loaded": not isinstance(model_obj, LazyModel) or model_obj.loaded},
         "dataset": None if data_obj is None else {
             "name": data_obj.name, "source": data_obj.source, "content_hash": data_obj.content_hash,
             "n_texts": len(data_obj), "text_column": data_obj.text_column, "label_column": data_obj.label_column},
@@ -437,7 +451,10 @@ def run_analysis(name: str, model: str | LoadedModel | None = None, data: str | 
         "cli": cli_command(name, model_ref, data_ref if data_ref and not data_ref.startswith("<") else None,
                            vec_ref, merged, defaults_of(declared),
                            options={"--text-column": text_column, "--label-column": label_column,
-                                    "--vector-column": vector_column}),
+                                    "--vector-column": vector_column,
+                                    "--device": None if device in (None, "auto") else device,
+                                    "--dtype": None if dtype in (None, "auto") else dtype,
+                                    "--device-map": device_map, "--max-memory": _memory_text(max_memory)}),
         "summary": summary,
     }
     return Result(name, table.reset_index(drop=True), merged, summary, manifest)

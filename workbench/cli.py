@@ -150,12 +150,16 @@ def _hooks_from_arg(model, spec: str | None) -> list[str]:
     return hooks
 
 
+def _model_kwargs(args) -> dict:
+    return {"device": args.device, "dtype": args.dtype, "device_map": args.device_map, "max_memory": args.max_memory}
+
+
 def cmd_extract(args) -> None:
     from .data import load_dataset
     from .models import load_model
     from .store import ActivationStore
 
-    model = load_model(args.model)
+    model = load_model(args.model, lazy=True, **_model_kwargs(args))
     dataset = load_dataset(args.data, args.text_column, args.label_column, limit=args.limit)
     hooks = _hooks_from_arg(model, args.hooks)
     store = ActivationStore()
@@ -180,7 +184,8 @@ def cmd_run(args) -> None:
     t0 = time.time()
     result = run_analysis(args.analysis, model=model, data=data, vectors=args.vectors, params=params,
                           progress=_progress_bar(args.analysis), text_column=args.text_column,
-                          label_column=args.label_column, vector_column=args.vector_column)
+                          label_column=args.label_column, vector_column=args.vector_column,
+                          **_model_kwargs(args))
     paths = result.save(out, static=not args.no_static)
     hits = [e["hit"] for e in result.manifest.get("cache", [])]
     cache_note = "" if not hits else (" (cache hit)" if all(hits) else " (extracted, now cached)")
@@ -392,6 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("datasets", help="list built-in sample sets").set_defaults(fn=cmd_datasets)
     sub.add_parser("analyses", help="list analyses and their parameters").set_defaults(fn=cmd_analyses)
 
+    def model_args(p):
+        p.add_argument("--device", default="auto", help="auto (a GPU when present, else the CPU) | cpu | cuda | cuda:N | mps")
+        p.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPUs that support it, float32 on the CPU) | "
+                                                        "float32 | bfloat16 | float16")
+        p.add_argument("--device-map", default=None, help="spread the model over several devices: auto | balanced "
+                                                          "(transformers/accelerate)")
+        p.add_argument("--max-memory", default=None, help="per-device budget with --device-map, e.g. 0=20GiB,1=20GiB,cpu=64GiB")
+
     def data_args(p):
         p.add_argument("--text-column", help="text column of a csv/jsonl/parquet dataset")
         p.add_argument("--label-column", help="label column (optional)")
@@ -403,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=_positive_int, default=None)
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--limit", type=_positive_int, default=None, help="first N texts only")
+    model_args(p)
     p.add_argument("--prepend-bos", type=_tristate, default=None,
                    help="true: every text starts with BOS; false: strip it; none: the tokenizer's own (default)")
     data_args(p)
@@ -417,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="analysis parameter (repeatable)")
     p.add_argument("--no-static", action="store_true", help="skip PNG/SVG export")
+    model_args(p)
     data_args(p)
     p.set_defaults(fn=cmd_run)
 

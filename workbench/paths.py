@@ -48,3 +48,14 @@ def atomic_write(path: Path, mode: str = "w", **kwargs):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """sha256 hex digest of a file, read in chunks (bounded memory for multi-GB weights)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

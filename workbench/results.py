@@ -16,6 +16,7 @@ import json
 import platform
 import shlex
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,8 +121,7 @@ class Result:
         paths["html"] = out / "figure.html"
         if static:
             try:
-                for fmt in ("png", "svg"):
-                    data = figure_image(fig, fmt)
+                for fmt, data in figure_images(fig, ("png", "svg")).items():
                     with atomic_write(out / f"figure.{fmt}", "wb") as handle:
                         handle.write(data)
                     paths[fmt] = out / f"figure.{fmt}"
@@ -163,22 +163,66 @@ def chromium_path() -> str | None:
     return None
 
 
-def figure_image(fig, fmt: str, scale: float = 2.0) -> bytes:
-    """PNG or SVG bytes through kaleido; a clear error when no Chrome/Chromium is installed."""
-    if fmt not in {"png", "svg", "pdf"}:
-        raise WorkbenchError(f"Static export format must be png, svg or pdf, got {fmt!r}")
+#: seconds one static export may take before it is given up (a browser that never answers)
+STATIC_EXPORT_TIMEOUT = 180
+
+
+def figure_images(fig, formats=("png", "svg"), scale: float = 2.0) -> dict[str, bytes]:
+    """Static images of one figure through kaleido, one Chromium for every format.
+
+    The browser keeps its profile, config and cache under ``cache_dir()/browser`` (not the user's
+    home or /tmp), and runs on its own thread and event loop, so a browser that fails to start is an
+    error, never a hang, and the call works where an event loop is already running (Jupyter).
+    """
+    import asyncio
+    import concurrent.futures
+    import os
+
+    import kaleido
+
+    for fmt in formats:
+        if fmt not in {"png", "svg", "pdf"}:
+            raise WorkbenchError(f"Static export format must be png, svg or pdf, got {fmt!r}")
     browser = chromium_path()
     if browser is None:
         raise WorkbenchError("PNG/SVG export needs Chrome or Chromium (kaleido drives it): install Debian's "
                              "`chromium` package (apt-get install chromium); HTML export works without it.")
-    import os
+    from .paths import cache_dir
 
-    os.environ.setdefault("BROWSER_PATH", browser)
+    home = cache_dir() / "browser"
+    # Chromium binds sockets under TMPDIR, and a socket path may not exceed 107 bytes: a deep cache
+    # folder gets a short temporary one instead, removed afterwards
+    scratch = home / "t" if len(str(home)) < 56 else Path(tempfile.mkdtemp(prefix="wb-chromium-"))
+    env = {"BROWSER_PATH": browser, "XDG_CONFIG_HOME": str(home / "config"), "XDG_CACHE_HOME": str(home / "cache"),
+           "TMPDIR": str(scratch)}
+    for folder in (home / "profiles", scratch):
+        folder.mkdir(parents=True, exist_ok=True)
+
+    async def render() -> dict[str, bytes]:
+        async with kaleido.Kaleido(tmp_dir=str(home / "profiles")) as k:
+            return {fmt: await k.calc_fig(fig, opts={"format": fmt, "scale": scale if fmt == "png" else 1})
+                    for fmt in formats}
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
-        return fig.to_image(format=fmt, scale=scale if fmt == "png" else 1)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, render()).result(timeout=STATIC_EXPORT_TIMEOUT)
     except Exception as exc:  # kaleido reports a missing/broken browser in several ways
         raise WorkbenchError(f"Static export through kaleido failed ({exc.__class__.__name__}: "
                              f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); HTML export still works.") from exc
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(scratch, ignore_errors=True)  # what a crashed browser leaves there
+
+
+def figure_image(fig, fmt: str, scale: float = 2.0) -> bytes:
+    """PNG, SVG or PDF bytes of a figure (see :func:`figure_images`)."""
+    return figure_images(fig, (fmt,), scale)[fmt]
 
 
 def table_bytes(table: pd.DataFrame, fmt: str) -> bytes:

@@ -352,8 +352,9 @@ class ActivationStore:
     @staticmethod
     def key_for(model: LoadedModel, dataset: TextDataset, hooks: list[str], max_length: int,
                 prepend_bos: bool | None) -> str:
-        parts = {"format": FORMAT_VERSION, "model": model.fingerprint, "data": dataset.content_hash,
-                 "hooks": sorted(hooks), "max_length": int(max_length), "prepend_bos": prepend_bos}
+        parts = {"format": FORMAT_VERSION, "model": model.fingerprint, "device": model.device_kind,
+                 "data": dataset.content_hash, "hooks": sorted(hooks), "max_length": int(max_length),
+                 "prepend_bos": prepend_bos}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
     def _writable(self) -> None:

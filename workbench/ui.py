@@ -245,7 +245,7 @@ def run(analysis: str, params: dict, choice: dict, button_label: str = "Run", au
 
 def show_figure(result, fig=None, key: str = "main") -> None:
     """The figure, then export buttons (HTML, PNG, SVG, CSV, parquet, manifest) and the CLI command."""
-    from .results import figure_html, figure_image, table_bytes
+    from .results import figure_html, figure_images, table_bytes
 
     fig = fig if fig is not None else result.figure()
     st.plotly_chart(fig, width="stretch", key=f"fig_{result.analysis}_{key}")
@@ -259,7 +259,8 @@ def show_figure(result, fig=None, key: str = "main") -> None:
     static_key = f"static_{base}"
     if cols[4].button("PNG / SVG", key=f"mk_{static_key}", help="Render static images (kaleido + Chromium)"):
         try:
-            st.session_state[static_key] = (figure_image(fig, "png"), figure_image(fig, "svg"))
+            images = figure_images(fig, ("png", "svg"))
+            st.session_state[static_key] = (images["png"], images["svg"])
         except WorkbenchError as exc:
             st.warning(str(exc))
     if static_key in st.session_state:

@@ -161,7 +161,7 @@ def run(ctx: RunContext, proposer_model=None, step_callback=None):
         ds = ctx.require_dataset()
         targets = list(ds.texts[:max_items] if max_items else ds.texts)
         vectors = None
-    proposer = Proposer(proposer_model if proposer_model is not None else load_model(p["proposer"], check_logits=False))
+    proposer = Proposer(proposer_model if proposer_model is not None else load_model(p["proposer"]))
     rows = []
     n_total = len(targets) * len(layers)
     total_steps = n_total * (cfg.max_steps + (cfg.stages - 1) * (cfg.refine_steps or cfg.max_steps))

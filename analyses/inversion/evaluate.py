@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     sents = [s for s in EVAL_FILE.read_text(encoding="utf-8").splitlines() if s.strip()]
     out = Path(args.out)
     done = {json.loads(l)["target"] for l in out.read_text().splitlines()} if out.exists() else set()
-    proposer = Proposer(load_model("smollm2-135m", check_logits=False))
+    proposer = Proposer(load_model("smollm2-135m"))
     embedder = Embedder(load_model("minilm-l6"))
     cfg = SearchConfig(beam_width=args.beam, top_k=args.topk, max_steps=args.steps,
                        refine_steps=args.refine_steps, stages=2)

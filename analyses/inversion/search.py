@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.hooked import embed_texts
 
 STAGE1_PROMPT = "Write a sentence."
 REFINE_PROMPT = "write a sentence similar to this: {text}"
@@ -74,33 +75,11 @@ class Embedder:
     def normalizes(self) -> bool:
         return self.layer is None and bool(self.model.sentence_normalize)
 
-    @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int | None = None) -> torch.Tensor:
-        bs = int(batch_size or self.batch_size)
-        texts = list(texts)
-        if not texts:
-            return torch.zeros((0, self.dim))
-        # tokenize once, then batch texts of similar length together so little compute goes to padding
-        ids = self.model.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
-        out = []
-        for start in range(0, len(texts), bs):
-            chunk = order[start:start + bs]
-            enc = self.model.tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt")
-            mask = enc["attention_mask"]
-            res = self.model.hf_model(input_ids=enc["input_ids"], attention_mask=mask,
-                                      output_hidden_states=self.layer is not None)
-            self.calls += 1
-            if self.layer is None:
-                out.append(self.model.pool(res.last_hidden_state, mask))
-            else:
-                states = res.hidden_states[self.layer].float()
-                m = mask.unsqueeze(-1).to(states.dtype)
-                out.append((states * m).sum(1) / m.sum(1).clamp(min=1))
-        pooled = torch.cat(out).float()
-        result = torch.empty_like(pooled)
-        result[torch.tensor(order)] = pooled
-        return result
+        """Embed candidate texts exactly as the targets were embedded (the core's one embedding path)."""
+        self.calls += -(-len(texts) // int(batch_size or self.batch_size)) if texts else 0
+        return embed_texts(self.model, texts, layer=self.layer, batch_size=int(batch_size or self.batch_size),
+                           max_length=self.max_length)
 
 
 @dataclass

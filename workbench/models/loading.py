@@ -1,0 +1,388 @@
+"""Loading a model: device and dtype, models spread over several devices, the memory estimate,
+the TransformerBridge for decoders, and the load check run on every load.
+
+Decoder-only models are hooked through transformer-lens's ``TransformerBridge`` (TransformerLens hook
+names); encoders and sentence embedders through plain transformers hidden states.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from ..errors import WorkbenchError
+from .info import LazyModel, fingerprint_of, read_card, save_card
+from .loaded import LoadedModel
+from .registry import DEFAULT_MODEL, WEIGHT_SUFFIXES, builtin_models, resolve_source
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("float32", "bfloat16", "float16")
+#: max |log-probs(hooked) - log-probs(plain)| and |cached step - full forward| tolerated per dtype.
+#: fp32 differences are kernel reordering (eager vs sdpa attention); half precision rounds every
+#: matmul to 8 (bf16) or 11 (fp16) mantissa bits, so whole-logit differences of that order are expected.
+LOAD_CHECK_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.5, "float16": 0.1}
+LOGIT_CHECK_TOLERANCE = LOAD_CHECK_TOLERANCE["float32"]
+LOGIT_CHECK_TEXT = "The capital of France is"
+#: greedy tokens generated through the KV cache in the load check
+LOAD_CHECK_NEW_TOKENS = 4
+
+
+# ---- device and dtype --------------------------------------------------------------------------
+def available_devices() -> list[str]:
+    """What this machine can run on: "cpu", then "cuda:N" per GPU, then "mps"."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def resolve_device(device: str | None) -> str:
+    """``auto`` -> the first GPU when there is one, else the CPU; checks that the device exists."""
+    device = (device or "auto").strip().lower()
+    have = available_devices()
+    if device == "auto":
+        return next((d for d in have if d != "cpu"), "cpu")
+    if device == "cuda":
+        device = "cuda:0"
+    if device not in have:
+        raise WorkbenchError(f"--device {device}: not available here (this machine has {', '.join(have)}); "
+                             "use --device auto or one of those.")
+    return device
+
+
+def resolve_dtype(dtype: str | None, device: str) -> str:
+    """``auto`` -> bfloat16 on GPUs that support it, float32 elsewhere."""
+    dtype = (dtype or "auto").strip().lower()
+    if dtype == "auto":
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return "bfloat16"
+        return "float32"
+    if dtype not in DTYPES:
+        raise WorkbenchError(f"--dtype must be auto, {', '.join(DTYPES)}; got {dtype!r}.")
+    return dtype
+
+
+def parse_max_memory(spec: str | dict | None) -> dict | None:
+    """``"0=20GiB,1=20GiB,cpu=64GiB"`` (or a dict) -> transformers' ``max_memory`` mapping."""
+    if spec is None or spec == "" or isinstance(spec, dict):
+        return spec or None
+    out = {}
+    for part in str(spec).split(","):
+        if "=" not in part:
+            raise WorkbenchError(f"--max-memory takes DEVICE=SIZE pairs such as 0=20GiB,cpu=64GiB; got {part!r}.")
+        key, size = (x.strip() for x in part.split("=", 1))
+        out[int(key) if key.isdigit() else key] = size
+    return out
+
+
+def _to_bytes(size) -> int:
+    if isinstance(size, (int, float)):
+        return int(size)
+    units = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
+             "gib": 2**30, "tib": 2**40}
+    text = str(size).strip().lower().replace(" ", "")
+    for unit in sorted(units, key=len, reverse=True):
+        if text.endswith(unit):
+            try:
+                return int(float(text[: -len(unit)]) * units[unit])
+            except ValueError:
+                break
+    raise WorkbenchError(f"--max-memory size {size!r} is not a size such as 20GiB or 512MB.")
+
+
+def weight_bytes(folder: Path | None, dtype: str) -> int | None:
+    """Bytes the weights take in ``dtype``, from the safetensors headers (None when unknown)."""
+    if folder is None:
+        return None
+    per = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
+    n_params = 0
+    for path in folder.iterdir():
+        if path.suffix != ".safetensors":
+            continue
+        try:
+            with open(path, "rb") as handle:
+                size = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(min(size, 100 * 2**20)))
+        except (OSError, ValueError):
+            return None  # a damaged file: loading it reports the problem
+        for name, info in header.items():
+            if name != "__metadata__":
+                count = 1
+                for dim in info["shape"]:
+                    count *= dim
+                n_params += count
+    return n_params * per or None
+
+
+def free_bytes(device: str) -> int:
+    """Free memory on a device: CUDA's own count, or the system's available RAM for the CPU."""
+    if device.startswith("cuda"):
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_fits(name: str, folder: Path | None, dtype: str, device: str, device_map, max_memory: dict | None) -> None:
+    """Refuse, before loading, a model whose weights cannot fit where they are asked to go."""
+    need = weight_bytes(folder, dtype)
+    if need is None:
+        return
+    if max_memory:
+        budget = sum(_to_bytes(v) for v in max_memory.values())
+        where = f"the --max-memory budget ({', '.join(f'{k}={v}' for k, v in max_memory.items())})"
+    elif device_map:
+        return  # transformers places layers wherever they fit, offloading to CPU or disk
+    else:
+        budget = free_bytes(device)
+        where = f"the free memory of {device}"
+    if need * 1.1 > budget:  # +10 %: buffers, activations of the load check
+        raise WorkbenchError(
+            f"{name} needs about {need / 2**30:.1f} GiB of weights in {dtype}, more than {where} "
+            f"({budget / 2**30:.1f} GiB). Use --dtype bfloat16 to halve it, --device-map auto to spread it over "
+            "several GPUs (and the CPU), or a larger --max-memory.")
+
+
+# ---- loading -----------------------------------------------------------------------------------
+def load_model(name: str = DEFAULT_MODEL, *, device: str | None = "auto", dtype: str | None = "auto",
+               device_map: str | dict | None = None, max_memory: str | dict | None = None,
+               trust_remote_code: bool = False, check_logits: bool = True, lazy: bool = False):
+    """Load a built-in short name, a local folder, or a hub id; decoders come hooked.
+
+    ``device``: auto | cpu | cuda | cuda:N | mps; ``dtype``: auto | float32 | bfloat16 | float16;
+    ``device_map`` ("auto", ...) and ``max_memory`` ("0=20GiB,cpu=64GiB") spread a model over several
+    devices (transformers / accelerate). ``lazy=True`` returns a :class:`LazyModel` from the model's
+    card when one is on disk (no weights loaded until needed), else loads. On every load the hooked
+    path and the KV-cache path are checked against a plain forward (``load_report``).
+    """
+    dev = "auto-map" if device_map else resolve_device(device)
+    dt = resolve_dtype(dtype, "cuda" if device_map and torch.cuda.is_available() else dev)
+    mm = parse_max_memory(max_memory)
+    key = (name, dev, dt, json.dumps(device_map, sort_keys=True, default=str), json.dumps(mm, sort_keys=True, default=str),
+           bool(trust_remote_code), bool(check_logits))
+    if lazy:
+        info = model_card(name, dev, dt)
+        if info is not None:
+            return LazyModel(info, lambda: _load_cached(*key))
+    model = _load_cached(*key)
+    if model.folder is not None and read_card(model.fingerprint, model.device_kind) is None:
+        save_card(model)  # loaded earlier under another cache folder: this one gets its card too
+    return model
+
+
+def model_card(name: str, device: str, dtype: str):
+    """The card of a local model (built-in or folder) in this device kind and dtype, if one was saved."""
+    specs = builtin_models()
+    folder = None
+    if name in specs:
+        folder = specs[name].resolve()
+    elif Path(name).expanduser().is_dir():
+        folder = Path(name).expanduser().resolve()
+    if folder is None or not any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir()):
+        return None
+    info = read_card(fingerprint_of(folder, name, dtype), device.split(":")[0])
+    if info is not None:
+        info.device = device
+    return info
+
+
+@lru_cache(maxsize=4)
+def _load_cached(name, device, dtype, device_map_json, max_memory_json, trust_remote_code, check_logits):
+    return _load(name, device, dtype, json.loads(device_map_json), json.loads(max_memory_json),
+                 trust_remote_code, check_logits)
+
+
+def _kind_of(config) -> str:
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    if "CausalLM" in archs or "LMHead" in archs or getattr(config, "is_decoder", False):
+        return "decoder"
+    return "encoder"
+
+
+def _sentence_settings(folder: Path | None) -> tuple[str, bool]:
+    """Pooling mode and normalisation from a sentence-transformers folder (mean, no norm otherwise)."""
+    if folder is None or not (folder / "modules.json").exists():
+        return "mean", False
+    modules = json.loads((folder / "modules.json").read_text())
+    normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
+    pooling = "mean"
+    for m in modules:
+        if m.get("type", "").endswith("Pooling"):
+            cfg_path = folder / m.get("path", "") / "config.json"
+            if cfg_path.exists():
+                cfg = json.loads(cfg_path.read_text())
+                pooling = "cls" if cfg.get("pooling_mode_cls_token") else "mean"
+    return pooling, normalize
+
+
+def _load_error(name: str, source: str, exc: Exception) -> WorkbenchError:
+    first = str(exc).splitlines()[0][:240] if str(exc) else ""
+    where = f"the folder {source}" if Path(source).exists() else f"{name!r} from the hub"
+    return WorkbenchError(f"Could not load {where}: {exc.__class__.__name__}: {first}. Check that its config, "
+                          "tokenizer and weights are complete and undamaged.")
+
+
+def _shape(cfg, tokenizer) -> dict:
+    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+    def first(*names, default=0):
+        return next((getattr(text_cfg, n) for n in names if getattr(text_cfg, n, None)), default)
+
+    max_length = min(int(first("max_position_embeddings", "n_positions", default=512)),
+                     int(getattr(tokenizer, "model_max_length", 10**9) or 10**9), 8192)
+    return {"n_layers": int(first("num_hidden_layers", "num_layers", "n_layer", "encoder_layers")),
+            "d_model": int(first("hidden_size", "d_model", "n_embd")),
+            "n_heads": int(first("num_attention_heads", "num_heads", "n_head")),
+            "vocab_size": int(first("vocab_size")), "max_length": max_length}
+
+
+def _load(name, device, dtype, device_map, max_memory, trust_remote_code, check_logits) -> LoadedModel:
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    t0 = time.time()
+    specs = builtin_models()
+    folder, source, local_only = resolve_source(name)
+    check_fits(name, folder, dtype, device, device_map, max_memory)
+    hub = {"trust_remote_code": trust_remote_code, "local_files_only": local_only}
+    placement = {"device_map": device_map, "max_memory": max_memory} if device_map else {}
+    try:
+        config = AutoConfig.from_pretrained(source, **hub)
+        kind = specs[name].kind if name in specs else _kind_of(config)
+        loader = {"decoder": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "encoder": AutoModel}[kind]
+        tokenizer = AutoTokenizer.from_pretrained(source, **hub)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hf_model = loader.from_pretrained(source, dtype=getattr(torch, dtype), **hub, **placement)
+    except WorkbenchError:
+        raise
+    except torch.cuda.OutOfMemoryError as exc:
+        raise WorkbenchError(f"{name} did not fit on {device} in {dtype}: use --dtype bfloat16, --device-map auto "
+                             "or --max-memory.") from exc
+    except Exception as exc:  # damaged or incomplete folders fail in many ways inside transformers
+        raise _load_error(name, source, exc) from exc
+    if not device_map:
+        hf_model.to(device)
+    hf_model.eval()
+    # hub snapshots are identified by the commit hash in their cache path
+    revision = None if folder is not None else (getattr(config, "_commit_hash", None) or "unknown-revision")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    pooling, normalize = _sentence_settings(folder)
+    model = LoadedModel(name=name, kind=kind, fingerprint=fingerprint_of(folder, name, dtype, revision),
+                        folder=folder, dtype=dtype, device=device, sentence_pooling=pooling,
+                        sentence_normalize=normalize, hf_model=hf_model, tokenizer=tokenizer,
+                        **_shape(hf_model.config, tokenizer))
+    if device_map:
+        model.load_report["device_map"] = {str(k): str(v) for k, v in getattr(hf_model, "hf_device_map", {}).items()}
+    if kind == "decoder":
+        reference = _plain_logits(model) if check_logits else None
+        model.bridge = _bridge(source, hf_model, tokenizer, device if not device_map else None)
+        model.n_layers = int(model.bridge.cfg.n_layers)
+        if check_logits:
+            model.load_report.update(load_check(model, *reference))
+    model.load_report["load_seconds"] = round(time.time() - t0, 2)
+    return model
+
+
+def shared_twin(hf_model):
+    """A second module tree over the *same* parameter and buffer tensors (no weights copied).
+
+    TransformerBridge replaces the submodules of the model it is given with its own components, and
+    through those components the model's KV-cache path is wrong (on smollm2-135m one cached step's
+    logits differed from a full forward by 15.5, and greedy ``generate`` gave "The-----..."). So the
+    bridge gets this twin, and the model the workbench exposes as ``hf_model`` stays plain
+    transformers for generation and ``past_key_values``, while memory holds the weights once.
+    """
+    memo = {id(t): t for t in list(hf_model.parameters()) + list(hf_model.buffers())}
+    return copy.deepcopy(hf_model, memo)
+
+
+def _bridge(source: str, hf_model, tokenizer, device: str | None):
+    """TransformerBridge over a parameter-sharing twin of ``hf_model`` (which it leaves untouched).
+
+    Compatibility mode gives the TransformerLens names and accessors (``W_U``, ``W_O``,
+    ``ln_final``, ``attn.hook_z``); ``no_processing=True`` keeps the weights as they are (no
+    fold_ln, no centring of writing weights or of the unembedding), so the hooked residual stream
+    equals plain transformers' hidden states and the bridge's logits equal the model's logits.
+    Weight processing would also have to write new tensors, breaking the sharing.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = TransformerBridge.boot_transformers(source, hf_model=shared_twin(hf_model), tokenizer=tokenizer,
+                                                     device=device)
+        bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
+    bridge.eval()
+    return bridge
+
+
+@torch.no_grad()
+def _plain_logits(model: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = model.tokenizer(LOGIT_CHECK_TEXT, return_tensors="pt")["input_ids"].to(model.input_device)
+    return ids, model.hf_model(input_ids=ids).logits.float()
+
+
+@torch.no_grad()
+def load_check(model: LoadedModel, ids: torch.Tensor, plain: torch.Tensor) -> dict:
+    """Check on every load that both decoder paths behave like plain transformers.
+
+    1. Hooked path: the bridge's logits against the plain full forward (taken before the bridge was
+       booted) on the same ids, as log-probs (``logprob_max_abs_diff``).
+    2. KV-cache path of ``model.hf_model`` (what generation and the inversion proposer use): the
+       logits of one cached step against the full forward (``kv_step_max_abs_diff``), and
+       :data:`LOAD_CHECK_NEW_TOKENS` greedy tokens from ``generate`` against greedy decoding by
+       repeated full forwards of the bridge (``kv_greedy_match``).
+
+    The tolerance follows the dtype (:data:`LOAD_CHECK_TOLERANCE`; recorded as ``tolerance``). Past
+    it a warning is raised and ``kv_cache_ok`` is False; paths that need the KV cache refuse such a
+    model (:meth:`LoadedModel.require_kv_cache`). In half precision greedy tokens may differ where
+    two candidates are closer than the rounding, so there only the logit tolerance is required.
+    """
+    tol = LOAD_CHECK_TOLERANCE[model.dtype]
+    hooked = model.bridge(ids).float()
+    logprob_diff = float((hooked.log_softmax(-1) - plain.log_softmax(-1)).abs().max())
+    if logprob_diff > tol:
+        warnings.warn(f"{model.name}: hooked log-probs differ from plain transformers by {logprob_diff:.2e} "
+                      f"(tolerance {tol:g} in {model.dtype}); results may not match the plain model.")
+    hf = model.hf_model
+    first = hf(input_ids=ids[:, :-1], use_cache=True)
+    step = hf(input_ids=ids[:, -1:], past_key_values=first.past_key_values, use_cache=True).logits.float()
+    kv_diff = float((step[0, -1] - plain[0, -1]).abs().max())
+    generated = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=LOAD_CHECK_NEW_TOKENS,
+                            min_new_tokens=LOAD_CHECK_NEW_TOKENS, do_sample=False,
+                            pad_token_id=model.tokenizer.pad_token_id)
+    greedy_kv = generated[0, ids.shape[1]:].tolist()
+    seq = ids
+    for _ in range(LOAD_CHECK_NEW_TOKENS):
+        seq = torch.cat([seq, model.bridge(seq)[:, -1].argmax(-1, keepdim=True).to(seq.device)], 1)
+    greedy_full = seq[0, ids.shape[1]:].tolist()
+    match = greedy_kv == greedy_full
+    kv_ok = kv_diff <= tol and (match or model.dtype != "float32")
+    if not kv_ok:
+        warnings.warn(f"{model.name}: the KV-cache path disagrees with a full forward (one cached step differs by "
+                      f"{kv_diff:.3g}; greedy tokens {greedy_kv} vs {greedy_full}); generation would be wrong.")
+    return {"logprob_max_abs_diff": logprob_diff, "logit_max_abs_diff": float((hooked - plain).abs().max()),
+            "kv_step_max_abs_diff": kv_diff, "kv_greedy_tokens": greedy_kv, "kv_greedy_match": match,
+            "kv_cache_ok": bool(kv_ok), "tolerance": tol, "dtype": model.dtype, "device": model.device,
+            "logit_check_text": LOGIT_CHECK_TEXT}
