@@ -44,7 +44,8 @@ def render_ioi(results) -> str:
     v = s["vs_ablation"]
     abl = s["ablation"]
     return "\n".join([
-        f"`smollm2-135m` (30 × 9 heads) on IOI, {s['n_positive']} prompts a side, {len(s['seeds'])} seed(s): "
+        f"`smollm2-135m` (30 × 9 heads) on IOI, {s['n_positive']} prompts a side, "
+        f"{len(s['seeds'])} seed{'s' if len(s['seeds']) > 1 else ''}: "
         f"Spearman correlation between SAE node scores and ablation effects **{fmt(s['spearman_sae_vs_ablation'], 2)}**; "
         f"SAE node ROC-AUC against the ablation-established circuit ({v['n_reference_heads']} heads above "
         f"{abl['circuit_threshold']} of the gap) {_pm(v, 'node_roc_auc')}. Clean metric {fmt(abl['clean_metric'], 2)}, "

@@ -33,7 +33,8 @@ def render_decoder_lens(results) -> str:
         hit = next((l for l in layers if em.loc[task, l] >= 0.9 * final), L) if final > 0 else None
         first.append(f"{task} {hit}")
     majority = t[(t["layer"] == L)].groupby("task")["reference"].agg(lambda r: r.value_counts().iloc[0] / len(r) * 100)
-    parts.append(f"{int(per_task.min())}–{int(per_task.max())} held-out examples a task. First layer reaching 90 % "
+    n_task = f"{int(per_task.min())}" if per_task.min() == per_task.max() else f"{int(per_task.min())}–{int(per_task.max())}"
+    parts.append(f"{n_task} held-out examples a task. First layer reaching 90 % "
                  f"of the final exact match: {', '.join(first)}. Share of the most frequent reference per task "
                  f"(what always answering it scores): " + ", ".join(f"{k} {fmt(v, 1)} %" for k, v in majority.items()) + ".")
     return "\n".join(parts)

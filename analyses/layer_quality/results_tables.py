@@ -36,10 +36,13 @@ def render_layer_quality(results) -> str:
             rows.append([job if i == 0 else "", layer] + cells)
         rho = res.summary.get("spearman_with_probe_accuracy", {})
         rho_txt = ", ".join(f"{name} {rho[col]:+.2f}" for col, name, _ in COLUMNS[:8] if rho.get(col) is not None)
+        last = int(res.table["layer"].max())
+        mrr = (f"Best retrieval MRR at the last layer ({fmt(t.loc[last, 'retrieval_mrr'])})" if best_mrr == last else
+               f"Best retrieval MRR at layer {best_mrr} ({fmt(t.loc[best_mrr, 'retrieval_mrr'])}) vs the last "
+               f"layer's {fmt(t.loc[last, 'retrieval_mrr'])}")
         verdicts.append(f"- **{job}**: {rec.get('reason', '')} Beats the last layer beyond one standard error: "
-                        f"{'yes' if rec.get('beats_last_beyond_one_se') else 'no'}. Best retrieval MRR at layer "
-                        f"{best_mrr} ({fmt(t.loc[best_mrr, 'retrieval_mrr'])}) vs the last layer's "
-                        f"{fmt(t['retrieval_mrr'].iloc[-1])}. Spearman with probe accuracy across layers: {rho_txt}.")
+                        f"{'yes' if rec.get('beats_last_beyond_one_se') else 'no'}. {mrr}. Spearman with probe "
+                        f"accuracy across layers: {rho_txt}.")
     probe = results["smollm2-135m"].summary.get("probe", {})
     header = ["model", "layer"] + [name for _, name, _ in COLUMNS]
     return "\n".join([
