@@ -138,12 +138,14 @@ def cmd_analyses(args) -> None:
 
 
 def _hooks_from_arg(model, spec: str | None) -> list[str]:
+    from .models import HOOK_GROUPS
+
     if not spec:
         return model.resid_hooks()
     hooks = []
     for part in spec.split(","):
         part = part.strip()
-        if part in {"resid", "resid_mid", "attn_z", "attn_out", "mlp_out", "sentence"}:
+        if part in HOOK_GROUPS:
             hooks += model.hook_names(part)
         elif part:
             hooks.append(part)

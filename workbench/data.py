@@ -83,6 +83,51 @@ class TextDataset:
         return cls(name, texts, frame, "text", "label" if labels is not None else None, source=name)
 
 
+@dataclass
+class TokenDataset:
+    """Token-id sequences given directly (generated prompts, random induction sequences), for the
+    activation store: no tokenizer runs, no special token is added, and the cache key is the
+    content hash of the ids. ``frame`` holds one row of metadata per sequence (labels, task fields).
+    """
+
+    name: str
+    ids: list[list[int]]
+    frame: pd.DataFrame | None = None
+    source: str = ""
+
+    def __post_init__(self):
+        self.ids = [[int(t) for t in seq] for seq in self.ids]
+        if not self.ids:
+            raise WorkbenchError("The token dataset is empty: give at least one sequence.")
+        empty = next((i for i, seq in enumerate(self.ids) if not seq), None)
+        if empty is not None:
+            raise WorkbenchError(f"Token sequence {empty} is empty; every sequence needs at least one token.")
+        if self.frame is None:
+            self.frame = pd.DataFrame({"sequence": range(len(self.ids))})
+        self.source = self.source or self.name
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 of the id sequences (order matters), tagged so it never equals a text hash."""
+        digest = hashlib.sha256(b"token-ids\x00")
+        for seq in self.ids:
+            digest.update(np.asarray(seq, dtype=np.int64).tobytes())
+            digest.update(b"\xff" * 8)
+        return digest.hexdigest()[:32]
+
+    @property
+    def texts(self) -> None:
+        return None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, n: int | None) -> "TokenDataset":
+        if n is None or n >= len(self.ids):
+            return self
+        return TokenDataset(f"{self.name}[:{n}]", self.ids[:n], self.frame.iloc[:n].reset_index(drop=True), self.source)
+
+
 def list_datasets() -> list[dict[str, str]]:
     return [{"name": name, "file": f"sample_data/{spec[0]}", "description": spec[3]}
             for name, spec in BUILTIN_DATASETS.items() if (SAMPLE_DATA / spec[0]).exists()]

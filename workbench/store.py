@@ -271,8 +271,11 @@ class CacheEntry:
         return shard, int(self.text_starts[shard])
 
     def text_activations(self, hook: str, i: int) -> np.ndarray:
-        """Activations of text ``i``: ``[len_i, ...]`` (sentence hooks: ``[D]``), memory-mapped."""
+        """Activations of text ``i``: ``[len_i, ...]`` (sentence hooks: ``[D]``), memory-mapped as stored
+        (float16 when the entry was written in float16; the accessors below always give float32)."""
         self._check_hook(hook)
+        if is_pattern_hook(hook):
+            raise WorkbenchError(f"{hook} holds attention patterns: read them with attention_pattern(layer, i).")
         shard, first_text = self._locate(i)
         arr = self.shards()[shard][hook]
         if hook == SENTENCE_EMBEDDING:
@@ -286,22 +289,65 @@ class CacheEntry:
             yield i, self.text_activations(hook, i)
 
     def iter_shards(self, hook: str) -> Iterator[tuple[slice, np.ndarray]]:
-        """Yield ``(text range, [tokens_in_shard, ...])`` per shard: the fastest way to stream."""
+        """Yield ``(text range, [tokens_in_shard, ...])`` per shard, as stored: the fastest way to stream."""
         self._check_hook(hook)
         for s, arrays in zip(self.meta["shards"], self.shards()):
             yield slice(s["text_start"], s["text_end"]), arrays[hook]
 
+    # ---- "give me layer l" (in the spirit of TransformerLens's ActivationCache) ---------------
+    def keep_mask(self, skip_first: bool = False) -> np.ndarray | None:
+        """bool ``[total_tokens]``: the rows kept when position 0 of every text is left out (None: all)."""
+        return self.position_ids() != 0 if skip_first else None
+
+    def layer_chunks(self, hook: str, skip_first: bool = False) -> Iterator[np.ndarray]:
+        """One hook's token rows as float32 chunks, one per shard (bounded memory); ``skip_first``
+        leaves out position 0 of every text (BOS / [CLS], where massive activations sit)."""
+        if is_pattern_hook(hook):
+            raise WorkbenchError(f"{hook} holds attention patterns: read them with attention_pattern(hook, i).")
+        keep = self.keep_mask(skip_first)
+        start = 0
+        for _, arr in self.iter_shards(hook):
+            x = np.asarray(arr, dtype=np.float32)
+            if keep is not None and hook != SENTENCE_EMBEDDING:
+                x = x[keep[start:start + len(arr)]]
+                start += len(arr)
+            yield x
+
+    def layer(self, hook: str, skip_first: bool = False) -> np.ndarray:
+        """One hook's rows concatenated, float32 ``[rows, ...]`` (copies into RAM; position 0 of every
+        text left out with ``skip_first``). Sentence hooks give one row per text."""
+        parts = list(self.layer_chunks(hook, skip_first))
+        return np.concatenate(parts) if len(parts) > 1 else np.ascontiguousarray(parts[0])
+
     def tokens(self, hook: str) -> np.ndarray:
-        """All token activations concatenated ``[total_tokens, ...]`` (copies into RAM)."""
+        """All token activations concatenated ``[total_tokens, ...]`` float32 (copies into RAM)."""
+        return self.layer(hook)
+
+    def rows(self, hook: str, index: np.ndarray) -> np.ndarray:
+        """Token rows by global index (``offsets[i] + position``), float32 ``[len(index), ...]``, in
+        the order given; reads only the shards that hold them."""
+        index = np.asarray(index, dtype=np.int64)
         self._check_hook(hook)
-        parts = [arr for _, arr in self.iter_shards(hook)]
-        return np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
+        starts = self.offsets[self.text_starts]
+        shard_of = np.searchsorted(starts, index, side="right") - 1
+        out = np.empty((len(index),) + tuple(self.meta["shapes"][hook]), np.float32)
+        arrays = self.shards()
+        for shard in np.unique(shard_of):
+            sel = shard_of == shard
+            out[sel] = arrays[shard][hook][index[sel] - starts[shard]]
+        return out
+
+    def stack(self, hooks: list[str], skip_first: bool = False) -> np.ndarray:
+        """Several hooks' rows stacked, float32 ``[len(hooks), rows, ...]`` (e.g. every layer's residual:
+        TransformerLens's ``accumulated_resid`` / ``stack_activation``)."""
+        return np.stack([self.layer(h, skip_first) for h in hooks])
 
     def mean_pooled(self, hook: str, skip_first: bool = False) -> np.ndarray:
-        """Per-text mean over tokens ``[n_texts, ...]`` (float32; accumulated in float64)."""
+        """Per-text mean over tokens ``[n_texts, ...]`` (float32; accumulated in float64). A text of
+        one token keeps it even with ``skip_first``."""
         self._check_hook(hook)
         if hook == SENTENCE_EMBEDDING:
-            return self.tokens(hook)
+            return self.layer(hook)
         out = None
         for i, acts in self.iter_texts(hook):
             if skip_first and len(acts) > 1:
@@ -310,6 +356,20 @@ class CacheEntry:
                 out = np.zeros((self.n_texts,) + acts.shape[1:], np.float32)
             out[i] = acts.astype(np.float64).mean(0)
         return out
+
+    def attention_pattern(self, hook: str, i: int) -> np.ndarray:
+        """Attention pattern of text ``i`` at a ``blocks.{l}.attn.hook_pattern`` hook, float32
+        ``[heads, query, key]`` (rows sum to 1 over the causal keys)."""
+        self._check_hook(hook)
+        if not is_pattern_hook(hook):
+            raise WorkbenchError(f"{hook} is not an attention-pattern hook (blocks.L.attn.hook_pattern).")
+        shard, first_text = self._locate(i)
+        n_heads = int(self.meta["shapes"][hook][1])
+        lengths = self.lengths[first_text:i + 1]
+        start = int((lengths[:-1] ** 2).sum()) * n_heads
+        n = int(lengths[-1])
+        flat = self.shards()[shard][hook][start:start + n * n_heads * n]
+        return np.asarray(flat, dtype=np.float32).reshape(n, n_heads, n).transpose(1, 0, 2)
 
     def position_ids(self) -> np.ndarray:
         """Token position within its text for every stored token ``[total_tokens]``."""
@@ -337,7 +397,16 @@ class ActivationStore:
     """The disk cache of activations. ``get_or_extract`` is the one way analyses get activations."""
 
     def __init__(self, root: Path | None = None, max_bytes: int | None = None,
-                 shard_bytes: int = DEFAULT_SHARD_BYTES):
+                 shard_bytes: int = DEFAULT_SHARD_BYTES, dtype: str = "float32", batch_tokens: int = 8192):
+        """``dtype``: how activations are written ("float16" halves the disk; readers always get
+        float32). ``batch_tokens``: the most padded tokens one forward pass takes (halved on
+        out-of-memory)."""
+        if dtype not in ("float32", "float16"):
+            raise WorkbenchError(f"the store dtype must be float32 or float16; got {dtype!r}.")
+        if int(batch_tokens) < 1:
+            raise WorkbenchError(f"batch_tokens must be >= 1; got {batch_tokens}.")
+        self.dtype = dtype
+        self.batch_tokens = int(batch_tokens)
         self.root = Path(root) if root is not None else cache_dir() / "activations"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -349,12 +418,13 @@ class ActivationStore:
         self._verified: set[tuple[str, int]] = set()
 
     # ---- keys ------------------------------------------------------------------------------
-    @staticmethod
-    def key_for(model: LoadedModel, dataset: TextDataset, hooks: list[str], max_length: int,
+    def key_for(self, model: LoadedModel, dataset: TextDataset, hooks: list[str], max_length: int,
                 prepend_bos: bool | None) -> str:
         parts = {"format": FORMAT_VERSION, "model": model.fingerprint, "device": model.device_kind,
                  "data": dataset.content_hash, "hooks": sorted(hooks), "max_length": int(max_length),
                  "prepend_bos": prepend_bos}
+        if self.dtype != "float32":  # float32 keys stay as they were
+            parts["store_dtype"] = self.dtype
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
     def _writable(self) -> None:
@@ -620,31 +690,30 @@ class ActivationStore:
             return None
         return doomed
 
-    def _extract(self, key, model: LoadedModel, dataset: TextDataset, hooks, max_length, prepend_bos,
-                 batch_size, progress) -> None:
+    def _extract(self, key, model: LoadedModel, dataset, hooks, max_length, prepend_bos, batch_size,
+                 progress) -> None:
         t0 = time.time()
         tmp = self.root / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             spool = _TokenSpool(tmp)
-            shards, n_truncated = self._write_shards(tmp, model, dataset, hooks, max_length, prepend_bos,
-                                                     batch_size, progress, spool)
+            run = _Extraction(self, tmp, model, hooks, spool, progress)
+            n_truncated = run.write(dataset, max_length, prepend_bos, batch_size)
+            shards = run.shards
             files = {s["file"]: {"bytes": s["bytes"], "xxh3": s["xxh3"]} for s in shards}
             files[TOKENS_FILE] = spool.finish(tmp / TOKENS_FILE)
             if n_truncated:
                 warnings.warn(f"{n_truncated} of {len(dataset)} texts were longer than {max_length} tokens "
                               f"and were truncated (raise max_length, up to the model's {model.max_length}).")
-            first = memmap_safetensors(tmp / shards[0]["file"])
             meta = {
                 "format": FORMAT_VERSION, "key": key, "model_name": model.name,
-                "model_fingerprint": model.fingerprint, "dataset_name": dataset.name,
-                "dataset_hash": dataset.content_hash, "hooks": hooks,
-                "shapes": {hook: list(first[hook].shape[1:]) for hook in hooks},
-                "max_length": max_length, "prepend_bos": prepend_bos, "n_texts": len(dataset),
-                "n_tokens": spool.n_tokens, "n_truncated": n_truncated, "shards": shards, "files": files,
-                "created": time.time(), "seconds": round(time.time() - t0, 2), "dtype": "float32",
+                "model_fingerprint": model.fingerprint, "device": model.device, "dataset_name": dataset.name,
+                "dataset_hash": dataset.content_hash, "dataset_kind": "tokens" if dataset.texts is None else "texts",
+                "hooks": hooks, "shapes": run.shapes, "max_length": max_length, "prepend_bos": prepend_bos,
+                "n_texts": len(dataset), "n_tokens": spool.n_tokens, "n_truncated": n_truncated, "shards": shards,
+                "files": files, "created": time.time(), "seconds": round(time.time() - t0, 2), "dtype": self.dtype,
+                "batch": run.batch_report(),
             }
-            del first
             (tmp / READER_LOCK).touch()
             (tmp / "last_used").touch()
             _write_meta(tmp, meta)
@@ -653,71 +722,134 @@ class ActivationStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def _write_shards(self, tmp: Path, model: LoadedModel, dataset: TextDataset, hooks: list[str], max_length: int,
-                      prepend_bos, batch_size: int, progress: Progress | None,
-                      spool: "_TokenSpool") -> tuple[list[dict], int]:
-        """Tokenise, forward and write shards batch by batch; a writer thread overlaps disk I/O with
-        the next forwards. Memory is bounded by two shards (one filling, one being written) plus one
-        batch. Returns (shard records, number of truncated texts)."""
-        pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-        shards: list[dict] = []
-        writer = _ShardWriter(tmp)
-        buffer: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
-        buffered_bytes = 0
-        shard_text_start = 0
-        n = len(dataset)
-        n_truncated = 0
-        t0 = time.time()
 
-        def flush(text_end: int) -> None:
-            nonlocal buffer, buffered_bytes, shard_text_start
-            if text_end == shard_text_start:
-                return
-            name = f"shard_{len(shards):05d}.safetensors"
-            shards.append({"file": name, "text_start": shard_text_start, "text_end": text_end})
-            writer.submit(name, buffer)
-            buffer = {h: [] for h in hooks}
-            buffered_bytes = 0
-            shard_text_start = text_end
+def is_pattern_hook(hook: str) -> bool:
+    """Attention patterns ``[B, H, T, T]``: stored per text as ``[len, H, len]``, flattened."""
+    return hook.endswith("attn.hook_pattern")
 
+
+class _Extraction:
+    """One extraction: batches sized in tokens, forwards (halving the batch on out-of-memory), and
+    shards written on a background thread so disk I/O overlaps the next forwards.
+
+    Memory is bounded by two shards (one filling, one being written) plus one batch.
+    """
+
+    def __init__(self, store: "ActivationStore", tmp: Path, model: LoadedModel, hooks: list[str],
+                 spool: "_TokenSpool", progress: Progress | None):
+        self.store, self.tmp, self.model, self.hooks, self.spool, self.progress = store, tmp, model, hooks, spool, progress
+        self.shards: list[dict] = []
+        self.shapes: dict[str, list] = {}
+        self.writer = _ShardWriter(tmp)
+        self.buffer: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
+        self.buffered_bytes = 0
+        self.shard_text_start = 0
+        self.max_batch_tokens = store.batch_tokens
+        self.halvings = 0
+        self.pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+
+    def write(self, dataset, max_length: int, prepend_bos, batch_size: int) -> int:
+        """Every batch of ``dataset``; returns the number of truncated texts."""
+        n, n_truncated, done, t0 = len(dataset), 0, 0, time.time()
         try:
             for start in range(0, n, batch_size):
-                batch, truncated = tokenize(model, dataset.texts[start:start + batch_size], max_length, prepend_bos)
+                rows, truncated = _rows(self.model, dataset, start, start + batch_size, max_length, prepend_bos)
                 n_truncated += truncated
-                empty = next((j for j, t in enumerate(batch) if not t["ids"]), None)
-                if empty is not None:
-                    raise WorkbenchError(f"Text {start + empty} tokenizes to no tokens; remove empty texts.")
-                spool.add(batch)
-                width = max(len(t["ids"]) for t in batch)
-                ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, t in enumerate(batch):
-                    ids[row, :len(t["ids"])] = torch.tensor(t["ids"])
-                    mask[row, :len(t["ids"])] = 1
-                acts = model.run_hooks(ids, mask, hooks)
-                for hook in hooks:
-                    value = acts[hook]
-                    if hook == SENTENCE_EMBEDDING:
-                        parts = [value.numpy()]
-                    else:
-                        parts = [value[row, :len(t["ids"])].numpy() for row, t in enumerate(batch)]
-                    for part in parts:
-                        buffer[hook].append(part.astype(np.float32, copy=False))
-                        buffered_bytes += part.nbytes
-                del acts
-                done = min(start + batch_size, n)
-                if buffered_bytes >= self.shard_bytes:
-                    flush(done)
-                if progress is not None:
-                    elapsed = time.time() - t0
-                    eta = elapsed / done * (n - done)
-                    progress(done, n, f"extracted {done}/{n} texts, {eta:.0f} s left")
-            flush(n)
+                self.spool.add(rows)
+                self._forward(rows)
+                done = start + len(rows)
+                if self.buffered_bytes >= self.store.shard_bytes:
+                    self._flush(done)
+                if self.progress is not None:
+                    eta = (time.time() - t0) / done * (n - done)
+                    self.progress(done, n, f"extracted {done}/{n} texts, {eta:.0f} s left")
+            self._flush(n)
         finally:
-            written = writer.close()
-        for shard in shards:
+            written = self.writer.close()
+        for shard in self.shards:
             shard.update(written[shard["file"]])
-        return shards, n_truncated
+        return n_truncated
+
+    def batch_report(self) -> dict:
+        return {"max_batch_tokens": self.max_batch_tokens, "halved_on_out_of_memory": self.halvings}
+
+    def _forward(self, rows: list[dict]) -> None:
+        """Forward ``rows`` in sub-batches of at most ``max_batch_tokens`` padded tokens; on
+        out-of-memory the budget is halved (once said, recorded in the entry) and the sub-batch retried."""
+        i = 0
+        while i < len(rows):
+            j = i + 1
+            while j < len(rows) and (j + 1 - i) * max(len(r["ids"]) for r in rows[i:j + 1]) <= self.max_batch_tokens:
+                j += 1
+            try:
+                acts = self.model.run_hooks(*self._padded(rows[i:j]), self.hooks)
+            except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+                if j - i == 1 or self.max_batch_tokens <= 1:
+                    raise WorkbenchError(f"Out of memory on a single text of {len(rows[i]['ids'])} tokens: lower "
+                                         "max_length or use a device with more memory.") from exc
+                self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
+                if self.halvings == 0:
+                    warnings.warn(f"Out of memory: batches are halved until they fit (now {self.max_batch_tokens} "
+                                  "tokens); the final size is recorded in the cache entry.")
+                self.halvings += 1
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            self._append(acts, rows[i:j])
+            i = j
+
+    def _padded(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r["ids"]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, r in enumerate(rows):
+            ids[k, :len(r["ids"])] = torch.tensor(r["ids"])
+            mask[k, :len(r["ids"])] = 1
+        return ids, mask
+
+    def _append(self, acts: dict, rows: list[dict]) -> None:
+        dtype = np.float16 if self.store.dtype == "float16" else np.float32
+        for hook in self.hooks:
+            value = acts[hook]
+            if hook == SENTENCE_EMBEDDING:
+                parts = [value.numpy()]
+                self.shapes.setdefault(hook, list(value.shape[1:]))
+            elif is_pattern_hook(hook):  # [B, H, T, T] -> per text [len, H, len], flattened
+                parts = [value[k, :, :len(r["ids"]), :len(r["ids"])].permute(1, 0, 2).reshape(-1).numpy()
+                         for k, r in enumerate(rows)]
+                self.shapes.setdefault(hook, ["pattern", int(value.shape[1])])
+            else:
+                parts = [value[k, :len(r["ids"])].numpy() for k, r in enumerate(rows)]
+                self.shapes.setdefault(hook, list(value.shape[2:]))
+            for part in parts:
+                part = part.astype(dtype, copy=False)
+                self.buffer[hook].append(part)
+                self.buffered_bytes += part.nbytes
+        del acts
+
+    def _flush(self, text_end: int) -> None:
+        if text_end == self.shard_text_start:
+            return
+        name = f"shard_{len(self.shards):05d}.safetensors"
+        self.shards.append({"file": name, "text_start": self.shard_text_start, "text_end": text_end})
+        self.writer.submit(name, self.buffer)
+        self.buffer = {h: [] for h in self.hooks}
+        self.buffered_bytes = 0
+        self.shard_text_start = text_end
+
+
+def _rows(model: LoadedModel, dataset, start: int, stop: int, max_length: int, prepend_bos) -> tuple[list[dict], int]:
+    """Token rows ``{"ids", "offsets", "strings"}`` of texts ``start:stop`` and how many were truncated."""
+    if dataset.texts is None:  # a token dataset: the ids as given, cut at max_length
+        seqs = dataset.ids[start:stop]
+        rows = [{"ids": seq[:max_length], "offsets": [[0, 0]] * min(len(seq), max_length)} for seq in seqs]
+        _decode_strings(model.tokenizer, rows)
+        return rows, sum(len(seq) > max_length for seq in seqs)
+    rows, truncated = tokenize(model, dataset.texts[start:stop], max_length, prepend_bos)
+    empty = next((j for j, t in enumerate(rows) if not t["ids"]), None)
+    if empty is not None:
+        raise WorkbenchError(f"Text {start + empty} tokenizes to no tokens; remove empty texts.")
+    return rows, truncated
 
 
 class _TokenSpool:
@@ -910,13 +1042,18 @@ def tokenize(model: LoadedModel, texts: list[str], max_length: int,
         elif prepend_bos is False and ids and bos is not None and ids[0] == bos:
             ids, offsets = ids[1:], offsets[1:]
         out.append({"ids": ids, "offsets": offsets})
-    flat = [i for t in out for i in t["ids"]]
-    strings = tok.batch_decode([[i] for i in flat]) if flat else []
+    _decode_strings(tok, out)
+    return out, int(sum(truncated))
+
+
+def _decode_strings(tokenizer, rows: list[dict]) -> None:
+    """Each row's tokens decoded one by one (``strings``), in one batched call."""
+    flat = [i for t in rows for i in t["ids"]]
+    strings = tokenizer.batch_decode([[i] for i in flat]) if flat else []
     pos = 0
-    for t in out:
+    for t in rows:
         t["strings"] = strings[pos:pos + len(t["ids"])]
         pos += len(t["ids"])
-    return out, int(sum(truncated))
 
 
 def _folder_bytes(path: Path) -> int:

@@ -21,9 +21,9 @@ from ..errors import WorkbenchError
 from ..paths import atomic_write, cache_dir, sha256_file
 
 SENTENCE_EMBEDDING = "sentence_embedding"
-HOOK_GROUPS = ("resid", "resid_mid", "attn_z", "attn_out", "mlp_out", "sentence")
+HOOK_GROUPS = ("resid", "resid_mid", "attn_z", "attn_out", "mlp_out", "attn_pattern", "sentence")
 _PER_BLOCK = {"resid_mid": "hook_resid_mid", "attn_z": "attn.hook_z", "attn_out": "hook_attn_out",
-              "mlp_out": "hook_mlp_out"}
+              "mlp_out": "hook_mlp_out", "attn_pattern": "attn.hook_pattern"}
 
 
 def resid_hook(layer: int) -> str:
@@ -111,7 +111,7 @@ class ModelInfo:
         return [resid_hook(layer) for layer in range(self.n_layers + 1)]
 
     def hook_names(self, group: str) -> list[str]:
-        """Names in a group: resid, resid_mid, attn_z, attn_out, mlp_out, sentence."""
+        """Names in a group: resid, resid_mid, attn_z, attn_out, mlp_out, attn_pattern, sentence."""
         if group == "resid":
             return self.resid_hooks()
         if group == "sentence":
@@ -126,7 +126,7 @@ class ModelInfo:
 
     def available_hooks(self) -> list[str]:
         groups = ["resid", "sentence"] if self.kind != "decoder" else \
-            ["resid", "resid_mid", "attn_z", "attn_out", "mlp_out"]
+            ["resid", "resid_mid", "attn_z", "attn_out", "mlp_out", "attn_pattern"]
         return [h for g in groups for h in self.hook_names(g)]
 
     def check_hooks(self, hooks: list[str]) -> None:
