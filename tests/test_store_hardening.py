@@ -214,7 +214,7 @@ def test_small_faults_give_one_clear_line(tiny_llama_dir, tmp_path, monkeypatch,
 def test_read_only_cache_is_one_clear_error(tiny, tmp_path, monkeypatch):
     store = ActivationStore(root=tmp_path / "acts")
     # as root permissions do not bind, so the check itself is made to see a read-only folder
-    monkeypatch.setattr("workbench.store.os.access", lambda path, mode: False)
+    monkeypatch.setattr("workbench.store.cache.os.access", lambda path, mode: False)
     with pytest.raises(WorkbenchError, match="not writable"):
         store.get_or_extract(tiny, TextDataset.from_texts(TEXTS))
     monkeypatch.undo()
@@ -222,7 +222,7 @@ def test_read_only_cache_is_one_clear_error(tiny, tmp_path, monkeypatch):
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("workbench.store.write_safetensors_parts", full_disk)
+    monkeypatch.setattr("workbench.store.files.write_safetensors_parts", full_disk)
     with pytest.raises(WorkbenchError, match="No space left"):
         store.get_or_extract(tiny, TextDataset.from_texts(TEXTS))
     assert store.listing() == []  # nothing half-written is left

@@ -1,12 +1,11 @@
-"""The analysis registry and the one way to run an analysis.
+"""Running an analysis: the one entry point for the CLI, the app, batch plans and Python.
 
-A back-end is one module under ``analyses/`` that calls :func:`register` with an
-:class:`AnalysisSpec`, declaring each parameter once as a :class:`Param` (default, help, type, bounds).
-The core never imports a back-end by name: :func:`list_analyses` imports every module under
-``analyses/`` on first use. :func:`run_analysis` validates the parameters against their declarations
-before any input is loaded, resolves the model, the dataset or vectors, gives the back-end a
-:class:`RunContext` (parameters, seed, progress, the activation store), and wraps its table into a
-:class:`~workbench.results.Result` with a full manifest.
+:func:`run_analysis` validates the parameters against their declarations before any input is loaded
+(:mod:`workbench.params`), resolves the model (lazily: weights load only when something needs
+them), the dataset or vectors, gives the back-end a :class:`RunContext` (parameters, seed,
+progress, the activation store) and wraps its table into a :class:`~workbench.results.Result` with a
+full manifest. :func:`run_many` runs one analysis over several models into one Result. The registry
+of back-ends is :mod:`workbench.registry`; its names are re-exported here.
 
 Example::
 
@@ -17,324 +16,43 @@ Example::
 
 from __future__ import annotations
 
-import importlib
-import json
-import math
-import pkgutil
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import pandas as pd
-import torch
 
-from .data import TextDataset, load_dataset, load_vectors, vectors_hash
+from .data import TextDataset, TokenDataset, load_dataset, load_vectors, vectors_hash
 from .errors import WorkbenchError
-from .models import LazyModel, LoadedModel, ModelInfo, load_model
-from .results import Result, cli_command, package_versions
+from .models import LazyModel, ModelInfo, load_model
+from .params import COMMON_PARAMS, Param, defaults_of, int_list, validate_params  # noqa: F401
+from .registry import (AnalysisSpec, Command, _REGISTRY, get_analysis, list_analyses,  # noqa: F401
+                       register)
+from .results import Result, cli_command, package_versions, with_models
 from .store import ActivationStore, CacheEntry, Progress
 
-RunFn = Callable[["RunContext"], "pd.DataFrame | tuple[pd.DataFrame, dict]"]
-FigureFn = Callable[[Result], Any]
-
-_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
-          object: "a value"}
-
-
-def _show(value: Any) -> str:
-    """A value as the user wrote it (YAML/JSON spelling: true, null, "text"), for error messages."""
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-def _number_text(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-
-
-def _coerce_int(value: Any) -> int:
-    # 64.0 from a number widget or a YAML plan is 64; 2.5, "64" and true are not integers
-    if _is_number(value) and math.isfinite(value) and float(value).is_integer():
-        return int(value)
-    raise ValueError("not an integer")
-
-
-def _coerce_float(value: Any) -> float:
-    if _is_number(value) and math.isfinite(value):
-        return float(value)
-    raise ValueError("not a finite number")
-
-
-def _coerce_bool(value: Any) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise ValueError("not true or false")
-
-
-def _coerce_str(value: Any) -> str:
-    # YAML reads `--set layers=3` or `--set target=1` as a number: a string parameter takes it as text
-    if isinstance(value, str) or _is_number(value):
-        return str(value)
-    raise ValueError("not a string")
-
-
-def _coerce_list(value: Any) -> list:
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    raise ValueError("not a list")
-
-
-_COERCE = {int: _coerce_int, float: _coerce_float, bool: _coerce_bool, str: _coerce_str, list: _coerce_list,
-           object: lambda value: value}
-
-
-def _matches(value: Any, choice: Any) -> bool:
-    """Equal and of the same kind: 1 is not the choice true, "1" not the choice 1."""
-    if isinstance(choice, bool) or isinstance(value, (bool, np.bool_)):
-        return isinstance(choice, bool) and isinstance(value, (bool, np.bool_)) and bool(value) == choice
-    return isinstance(value, type(choice)) and value == choice
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter of an analysis: its default, its help and the values it accepts.
-
-    Declared once by the back-end, it drives validation in :func:`run_analysis` (CLI, Python, batch
-    plans and the app alike), ``workbench analyses`` and the app's widgets (:func:`workbench.ui.param_widget`),
-    so that a default or a range cannot drift between them.
-
-    ``type`` is int, float, bool, str, list or object (any value; with a ``check``), inferred from the
-    default when not given. ``min``/``max`` bound numbers; ``closed`` says which bounds are included, as in
-    scikit-learn's ``Interval``: "both" (default), "left", "right" or "neither". ``choices``: the only
-    values allowed (then ``type`` is not checked). ``nullable``: None is allowed (always when the default
-    is None). ``check``: for formats the rules above cannot express (a comma-separated estimator list,
-    "all" / "0,3,6" layer lists), a function of the value after the type and bound checks that returns the
-    value to use or raises ValueError; ``allowed`` then says in words what it accepts.
-    """
-
-    default: Any
-    help: str = ""
-    type: type | None = None
-    min: float | None = None
-    max: float | None = None
-    closed: str = "both"
-    choices: tuple = ()
-    nullable: bool = False
-    check: Callable[[Any], Any] | None = None
-    allowed: str = ""
-
-    def __post_init__(self) -> None:
-        if self.type is None:
-            if self.default is None and not self.choices:
-                raise TypeError("a Param whose default is None needs its type")
-            inferred = type(self.choices[0] if self.default is None else self.default)
-            object.__setattr__(self, "type", inferred)
-        if self.type not in _KINDS:
-            raise TypeError(f"Param type must be one of {[t.__name__ for t in _KINDS]}, got {self.type!r}")
-        if self.closed not in ("both", "left", "right", "neither"):
-            raise ValueError(f"Param closed must be both, left, right or neither, got {self.closed!r}")
-        if self.default is None:
-            object.__setattr__(self, "nullable", True)
-
-    @property
-    def min_inclusive(self) -> bool:
-        return self.closed in ("both", "left")
-
-    @property
-    def max_inclusive(self) -> bool:
-        return self.closed in ("both", "right")
-
-    def describe(self) -> str:
-        """What the parameter accepts, in words: "an integer >= 0", "one of "pca", "umap"", ..."""
-        if self.allowed:
-            text = self.allowed
-        elif self.choices:
-            text = "one of " + ", ".join(_show(c) for c in self.choices)
-        elif self.type is bool:
-            return "true, false or null" if self.nullable else "true or false"
-        else:
-            text = _KINDS[self.type] + self._bounds_text()
-        return text + (" or null" if self.nullable else "")
-
-    def _bounds_text(self) -> str:
-        if self.min is not None and self.max is not None:
-            return (f" in {'[' if self.min_inclusive else '('}{_number_text(self.min)}, "
-                    f"{_number_text(self.max)}{']' if self.max_inclusive else ')'}")
-        if self.min is not None:
-            return f" {'>=' if self.min_inclusive else '>'} {_number_text(self.min)}"
-        if self.max is not None:
-            return f" {'<=' if self.max_inclusive else '<'} {_number_text(self.max)}"
-        return ""
-
-    def coerce(self, value: Any) -> Any:
-        """The value to use for ``value`` (64.0 -> 64 for an integer); ValueError(describe()) if not allowed."""
-        try:
-            return self._coerce(value)
-        except (ValueError, TypeError, WorkbenchError) as exc:
-            raise ValueError(self.describe()) from exc
-
-    def _coerce(self, value: Any) -> Any:
-        if value is None:
-            if self.nullable:
-                return None
-            raise ValueError("null")
-        if self.choices:
-            for choice in self.choices:
-                if _matches(value, choice):
-                    return choice
-            raise ValueError("not a choice")
-        value = _COERCE[self.type](value)
-        if self.type in (int, float) and not self._within_bounds(value):
-            raise ValueError("out of bounds")
-        return value if self.check is None else self.check(value)
-
-    def _within_bounds(self, value: float) -> bool:
-        if self.min is not None and (value < self.min or (value == self.min and not self.min_inclusive)):
-            return False
-        if self.max is not None and (value > self.max or (value == self.max and not self.max_inclusive)):
-            return False
-        return True
-
-
-#: parameters every analysis understands
-COMMON_PARAMS = {"seed": Param(0, "random seed (subsamples, bootstraps, augmentations, initialisations)",
-                               min=0, max=2**32 - 1)}
-
-
-def defaults_of(params: dict[str, Param]) -> dict:
-    """``{name: default}`` of a parameter declaration."""
-    return {name: param.default for name, param in params.items()}
-
-
-def validate_params(analysis: str, declared: dict[str, Param], given: dict | None) -> dict:
-    """Every declared parameter, from ``given`` or its default, checked and coerced.
-
-    Raises WorkbenchError on one line naming the analysis, the parameter, the value given and what
-    is allowed, e.g. ``geometry: parameter max_texts must be an integer >= 0; got -1``.
-    """
-    if given is not None and not isinstance(given, dict):
-        raise WorkbenchError(f"{analysis}: parameters must be a mapping of name: value; got {_show(given)}")
-    given = dict(given or {})
-    unknown = sorted(set(given) - set(declared))
-    if unknown:
-        raise WorkbenchError(f"{analysis} has no parameter(s) {unknown}; its parameters are {sorted(declared)}.")
-    values = {}
-    for name, param in declared.items():
-        value = given.get(name, param.default)
-        try:
-            values[name] = param.coerce(value)
-        except ValueError:
-            raise WorkbenchError(f"{analysis}: parameter {name} must be {param.describe()}; "
-                                 f"got {_show(value)}") from None
-    return values
-
-
-def int_list(value: Any) -> list[int]:
-    """``3``, ``[0, 3, 6]`` or ``"0,3,6"`` as a list of ints; ValueError for anything else."""
-    if _is_number(value):
-        return [_coerce_int(value)]
-    if isinstance(value, str):
-        return [int(part) for part in value.replace(" ", "").split(",") if part]
-    if isinstance(value, (list, tuple)):
-        return [_coerce_int(v) for v in value]
-    raise ValueError("not a list of integers")
-
-
-@dataclass(frozen=True)
-class AnalysisSpec:
-    """What a back-end registers.
-
-    ``params`` declares every parameter (:class:`Param`); ``defaults`` and ``param_help`` are derived
-    from it. ``check_params`` optionally checks constraints between parameters (validated values in,
-    WorkbenchError out), before any input is loaded.
-    ``inputs`` says what it runs on: "model" (a model and a text dataset), "vectors" (a user matrix
-    of embeddings, no model), "task" (a model and a task the back-end generates itself).
-    ``figures`` optionally maps extra figure names to functions of the result.
-    """
-
-    name: str
-    title: str
-    question: str
-    run: RunFn
-    figure: FigureFn
-    params: dict[str, Param] = field(default_factory=dict)
-    inputs: tuple[str, ...] = ("model",)
-    page: str | None = None
-    figures: dict[str, FigureFn] = field(default_factory=dict)
-    check_params: Callable[[dict], None] | None = None
-    readme_tables: tuple = ()  # workbench.reproduce.ReadmeTable: README results made by this analysis
-    default_model: str | None = None  # the model of the right kind when none is named (None: DEFAULT_MODEL)
-    default_data: str | None = None  # the dataset when none is named (None: DEFAULT_DATASET)
-
-    @property
-    def all_params(self) -> dict[str, Param]:
-        """The common parameters (seed) and the analysis's own."""
-        return {**COMMON_PARAMS, **self.params}
-
-    @property
-    def defaults(self) -> dict:
-        return defaults_of(self.params)
-
-    @property
-    def param_help(self) -> dict[str, str]:
-        return {name: param.help for name, param in self.params.items()}
-
-
-_REGISTRY: dict[str, AnalysisSpec] = {}
-_DISCOVERED = False
-
-
-def register(spec: AnalysisSpec) -> AnalysisSpec:
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def _discover() -> None:
-    global _DISCOVERED
-    if _DISCOVERED:
-        return
-    _DISCOVERED = True
-    import analyses
-
-    for info in pkgutil.iter_modules(analyses.__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"analyses.{info.name}")
-
-
-def list_analyses() -> list[AnalysisSpec]:
-    _discover()
-    return sorted(_REGISTRY.values(), key=lambda s: s.name)
-
-
-def get_analysis(name: str) -> AnalysisSpec:
-    _discover()
-    if name not in _REGISTRY:
-        raise WorkbenchError(f"No analysis {name!r}; available: {', '.join(sorted(_REGISTRY))}.")
-    return _REGISTRY[name]
+#: a structured step record for live views (e.g. {"item": 1, "step": 4, "best_text": ..., ...})
+StepFn = Callable[[dict], None]
 
 
 @dataclass
 class RunContext:
-    """What a back-end gets: parameters, inputs, the store, a progress callback and a seed."""
+    """What a back-end gets: parameters, inputs, the store, progress and step callbacks, a seed."""
 
     analysis: str
     params: dict
-    model: LoadedModel | None = None
-    dataset: TextDataset | None = None
+    model: ModelInfo | None = None
+    dataset: TextDataset | TokenDataset | None = None
     vectors: np.ndarray | None = None
     store: ActivationStore | None = None
     progress_fn: Progress | None = None
     cache_events: list = field(default_factory=list)
     model_ref: str | None = None
     data_ref: str | None = None
+    step_fn: StepFn | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def seed(self) -> int:
@@ -344,7 +62,17 @@ class RunContext:
         if self.progress_fn is not None:
             self.progress_fn(done, total, message)
 
-    def require_model(self) -> LoadedModel:
+    def step(self, record: dict) -> None:
+        """A structured record of one step (the back-end documents its keys), for live views."""
+        if self.step_fn is not None:
+            self.step_fn(record)
+
+    def warn(self, message: str) -> None:
+        """A warning that qualifies the result: shown beside it (page, CLI) and kept in the manifest."""
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+    def require_model(self) -> ModelInfo:
         if self.model is None:
             raise WorkbenchError(f"{self.analysis} needs a model: pass --model (and --data).")
         return self.model
@@ -355,18 +83,43 @@ class RunContext:
         return self.dataset
 
     def activations(self, hooks: list[str] | None = None, max_length: int | None = None,
-                    dataset: TextDataset | None = None, prepend_bos: bool | None = None,
+                    dataset: TextDataset | TokenDataset | None = None, prepend_bos: bool | None = None,
                     batch_size: int = 8) -> CacheEntry:
-        """Activations of ``dataset`` (default: the run's) from the store; extracted once, then cached."""
+        """Activations of ``dataset`` (default: the run's) from the store; extracted once, then cached.
+
+        A truncation warning of the extraction is recorded with :meth:`warn`."""
+        import warnings as _warnings
+
         model = self.require_model()
         ds = dataset if dataset is not None else self.require_dataset()
         store = self.store or ActivationStore()
         t0 = time.time()
-        entry = store.get_or_extract(model, ds, hooks, max_length=max_length, prepend_bos=prepend_bos,
-                                     batch_size=batch_size, progress=self.progress_fn)
+        with _warnings.catch_warnings(record=True) as caught:
+            _warnings.simplefilter("always")
+            entry = store.get_or_extract(model, ds, hooks, max_length=max_length, prepend_bos=prepend_bos,
+                                         batch_size=batch_size, progress=self.progress_fn)
+        for w in caught:
+            self.warn(str(w.message))
+            _warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if entry.meta["n_truncated"]:
+            self.warn(f"{entry.meta['n_truncated']} of {entry.n_texts} texts of {ds.name} were longer than "
+                      f"{entry.meta['max_length']} tokens and were truncated.")
         self.cache_events.append({"key": entry.key, "hit": not entry.extracted, "dataset": ds.name,
                                   "seconds": round(time.time() - t0, 3)})
         return entry
+
+
+@dataclass
+class Inputs:
+    """What a run reads, resolved and checked (cheapest first, so a bad file fails before a model loads)."""
+
+    model: ModelInfo | None = None
+    model_ref: str | None = None
+    data: TextDataset | None = None
+    data_ref: str | None = None
+    vectors: np.ndarray | None = None
+    vectors_ref: str | None = None
+    seconds: float = 0.0
 
 
 def _memory_text(max_memory) -> str | None:
@@ -376,23 +129,81 @@ def _memory_text(max_memory) -> str | None:
 
 
 def _seed_everything(seed: int) -> None:
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def run_analysis(name: str, model: str | LoadedModel | None = None, data: str | TextDataset | None = None,
+def _resolve_inputs(spec: AnalysisSpec, model, data, vectors, columns: dict, placement: dict) -> Inputs:
+    t0 = time.time()
+    inputs = Inputs()
+    if vectors is not None and "vectors" not in spec.inputs:
+        raise WorkbenchError(f"{spec.name} does not run on vectors; it needs {' or '.join(spec.inputs)}.")
+    if data is not None:
+        own = isinstance(data, (TextDataset, TokenDataset))
+        inputs.data = data if own else load_dataset(data, columns.get("text_column"), columns.get("label_column"))
+        inputs.data_ref = inputs.data.source if own else str(data)
+    if vectors is not None:
+        inputs.vectors = vectors if isinstance(vectors, np.ndarray) else load_vectors(vectors, columns.get("vector_column"))
+        inputs.vectors_ref = None if isinstance(vectors, np.ndarray) else str(vectors)
+    if model is not None:
+        inputs.model = model if isinstance(model, ModelInfo) else load_model(model, lazy=True, **placement)
+        inputs.model_ref = inputs.model.name
+    if inputs.vectors is None and inputs.model is None:
+        raise WorkbenchError(f"{spec.name} needs {'--model' if 'vectors' not in spec.inputs else '--model or --vectors'}.")
+    inputs.seconds = time.time() - t0
+    return inputs
+
+
+def _model_block(model: ModelInfo) -> dict:
+    return {"name": model.name, "fingerprint": model.fingerprint, "kind": model.kind, "device": model.device,
+            "dtype": model.dtype, "n_layers": model.n_layers, "d_model": model.d_model,
+            "load_report": model.load_report,
+            # False: every activation came from the store and the weights were never loaded
+            "weights_loaded": not isinstance(model, LazyModel) or model.loaded}
+
+
+def _cli_options(columns: dict, placement: dict) -> dict:
+    return {"--text-column": columns.get("text_column"), "--label-column": columns.get("label_column"),
+            "--vector-column": columns.get("vector_column"),
+            "--device": None if placement.get("device") in (None, "auto") else placement["device"],
+            "--dtype": None if placement.get("dtype") in (None, "auto") else placement["dtype"],
+            "--device-map": placement.get("device_map"), "--max-memory": _memory_text(placement.get("max_memory"))}
+
+
+def _manifest(spec: AnalysisSpec, params: dict, ctx: RunContext, inputs: Inputs, summary: dict, t_run: float,
+              t0: float, cli: str) -> dict:
+    data, vec = inputs.data, inputs.vectors
+    return {
+        "analysis": spec.name, "title": spec.title, "params": params, "seed": ctx.seed,
+        "model": None if inputs.model is None else _model_block(inputs.model),
+        "dataset": None if data is None else {
+            "name": data.name, "source": data.source, "content_hash": data.content_hash, "n_texts": len(data),
+            "text_column": getattr(data, "text_column", None), "label_column": getattr(data, "label_column", None)},
+        "vectors": None if vec is None else {"source": inputs.vectors_ref, "shape": list(vec.shape),
+                                             "sha256": vectors_hash(vec)},
+        "cache": ctx.cache_events, "warnings": ctx.warnings,
+        "timings": {"inputs_s": round(inputs.seconds, 3), "run_s": round(t_run, 3),
+                    "total_s": round(time.time() - t0, 3)},
+        "versions": package_versions(), "cli": cli, "summary": summary,
+    }
+
+
+def run_analysis(name: str, model: str | ModelInfo | None = None, data: str | TextDataset | None = None,
                  vectors: str | np.ndarray | None = None, params: dict | None = None,
                  progress: Progress | None = None, store: ActivationStore | None = None,
                  text_column: str | None = None, label_column: str | None = None,
                  vector_column: str | None = None, device: str | None = "auto", dtype: str | None = "auto",
-                 device_map: str | None = None, max_memory: str | dict | None = None) -> Result:
+                 device_map: str | None = None, max_memory: str | dict | None = None,
+                 on_step: StepFn | None = None) -> Result:
     """Run a registered analysis and return its :class:`Result` (table + manifest).
 
     ``model`` is a name (built-in, folder or hub id) or a loaded model; by name it is opened lazily
     (:class:`~workbench.models.LazyModel`): when every activation the analysis needs is in the store,
     the weights are never loaded. ``device``, ``dtype``, ``device_map`` and ``max_memory`` are passed
-    to :func:`~workbench.models.load_model`.
+    to :func:`~workbench.models.load_model`. ``on_step`` gets the back-end's structured step records.
     """
     spec = get_analysis(name)
     declared = spec.all_params
@@ -400,61 +211,57 @@ def run_analysis(name: str, model: str | LoadedModel | None = None, data: str | 
     merged = validate_params(name, declared, params)
     if spec.check_params is not None:
         spec.check_params(merged)
-    if vectors is not None and "vectors" not in spec.inputs:
-        raise WorkbenchError(f"{name} does not run on vectors; it needs {' or '.join(spec.inputs)}.")
     t0 = time.time()
-    data_obj = data_ref = None
-    if data is not None:
-        data_obj = data if isinstance(data, TextDataset) else load_dataset(data, text_column, label_column)
-        data_ref = data_obj.source if isinstance(data, TextDataset) else str(data)
-    vec_obj = vec_ref = None
-    if vectors is not None:
-        vec_obj = vectors if isinstance(vectors, np.ndarray) else load_vectors(vectors, vector_column)
-        vec_ref = None if isinstance(vectors, np.ndarray) else str(vectors)
-    # inputs are checked cheapest first, so a bad file fails before a model is loaded
-    model_obj = model_ref = None
-    if model is not None:
-        model_obj = model if isinstance(model, ModelInfo) else load_model(
-            model, device=device, dtype=dtype, device_map=device_map, max_memory=max_memory, lazy=True)
-        model_ref = model_obj.name
-    if vec_obj is None and model_obj is None and spec.inputs != ("none",):
-        raise WorkbenchError(f"{name} needs {'--model' if 'vectors' not in spec.inputs else '--model or --vectors'}.")
-    t_inputs = time.time() - t0
-    ctx = RunContext(name, merged, model_obj, data_obj, vec_obj, store, progress, model_ref=model_ref, data_ref=data_ref)
+    columns = {"text_column": text_column, "label_column": label_column, "vector_column": vector_column}
+    placement = {"device": device, "dtype": dtype, "device_map": device_map, "max_memory": max_memory}
+    inputs = _resolve_inputs(spec, model, data, vectors, columns, placement)
+    ctx = RunContext(name, merged, inputs.model, inputs.data, inputs.vectors, store, progress,
+                     model_ref=inputs.model_ref, data_ref=inputs.data_ref, step_fn=on_step)
     _seed_everything(ctx.seed)
     t1 = time.time()
     out = spec.run(ctx)
     table, summary = (out if isinstance(out, tuple) else (out, {}))
     if not isinstance(table, pd.DataFrame):
         raise TypeError(f"{name}.run must return a DataFrame (or (DataFrame, dict)), got {type(table)}")
-    t_run = time.time() - t1
-    manifest = {
-        "analysis": name,
-        "title": spec.title,
-        "params": merged,
-        "seed": ctx.seed,
-        "model": None if model_obj is None else {
-            "name": model_obj.name, "fingerprint": model_obj.fingerprint, "kind": model_obj.kind,
-            "device": model_obj.device, "dtype": model_obj.dtype, "n_layers": model_obj.n_layers,
-            "d_model": model_obj.d_model, "load_report": model_obj.load_report,
-            # False: every activation came from the store and the weights were never loaded
-            "weights_loaded": not isinstance(model_obj, LazyModel) or model_obj.loaded},
-        "dataset": None if data_obj is None else {
-            "name": data_obj.name, "source": data_obj.source, "content_hash": data_obj.content_hash,
-            "n_texts": len(data_obj), "text_column": data_obj.text_column, "label_column": data_obj.label_column},
-        "vectors": None if vec_obj is None else {
-            "source": vec_ref, "column": vector_column, "shape": list(vec_obj.shape),
-            "sha256": vectors_hash(vec_obj)},
-        "cache": ctx.cache_events,
-        "timings": {"inputs_s": round(t_inputs, 3), "run_s": round(t_run, 3), "total_s": round(time.time() - t0, 3)},
-        "versions": package_versions(),
-        "cli": cli_command(name, model_ref, data_ref if data_ref and not data_ref.startswith("<") else None,
-                           vec_ref, merged, defaults_of(declared),
-                           options={"--text-column": text_column, "--label-column": label_column,
-                                    "--vector-column": vector_column,
-                                    "--device": None if device in (None, "auto") else device,
-                                    "--dtype": None if dtype in (None, "auto") else dtype,
-                                    "--device-map": device_map, "--max-memory": _memory_text(max_memory)}),
-        "summary": summary,
-    }
+    data_ref = inputs.data_ref if inputs.data_ref and not inputs.data_ref.startswith("<") else None
+    cli = cli_command(name, inputs.model_ref, data_ref, inputs.vectors_ref, merged, defaults_of(declared),
+                      options=_cli_options(columns, placement))
+    manifest = _manifest(spec, merged, ctx, inputs, summary, time.time() - t1, t0, cli)
     return Result(name, table.reset_index(drop=True), merged, summary, manifest)
+
+
+def run_many(name: str, models: list[str | ModelInfo], **kwargs) -> Result:
+    """One analysis over several models on the same inputs, as one Result.
+
+    The tables are concatenated with a ``model`` column (kept when the back-end already writes one),
+    the manifest names every model (``models``) and keeps each run's manifest (``runs``), and its CLI
+    line repeats ``--model`` so that it reproduces the overlay. Figures that draw one line per model
+    overlay them.
+    """
+    if not models:
+        raise WorkbenchError(f"{name}: give at least one model.")
+    progress = kwargs.pop("progress", None)
+    results = []
+    for k, model in enumerate(models):
+        def scaled(done, total, message="", k=k):  # one bar over the whole run
+            if progress is not None:
+                progress(k * total + done, len(models) * total, f"model {k + 1}/{len(models)}: {message}")
+
+        results.append(run_analysis(name, model=model, progress=scaled, **kwargs))
+    tables = []
+    for result in results:
+        t = result.table.copy()
+        if "model" not in t.columns:
+            t.insert(0, "model", result.manifest["model"]["name"] if result.manifest["model"] else "vectors")
+        tables.append(t)
+    first = results[0]
+    manifest = dict(first.manifest)
+    manifest["models"] = [r.manifest["model"] for r in results]
+    manifest["runs"] = [r.manifest for r in results]
+    manifest["cache"] = [e for r in results for e in r.manifest["cache"]]
+    manifest["warnings"] = [w for r in results for w in r.manifest.get("warnings", [])]
+    names = [m["name"] for m in manifest["models"] if m]
+    manifest["cli"] = with_models(first.manifest["cli"], names)
+    summary = {**first.summary, "models": names, "per_model": {n: r.summary for n, r in zip(names, results)}}
+    manifest["summary"] = summary
+    return Result(name, pd.concat(tables, ignore_index=True), first.params, summary, manifest)

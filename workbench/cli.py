@@ -118,6 +118,9 @@ def cmd_models(args) -> None:
         if r["name"] == DEFAULT_MODEL:
             r["name"] += " (default)"
     print(_table(rows, ["name", "kind", "status", "description"]))
+    for r in rows:
+        if r.get("terms"):
+            print(f"\n{r['name'].split()[0]}: use of these weights is governed by their own terms of use: {r['terms']}")
 
 
 def cmd_datasets(args) -> None:
@@ -175,23 +178,28 @@ def cmd_extract(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from .analysis import run_analysis
+    from .analysis import run_analysis, run_many
 
     params = _parse_sets(args.set)
     out = _out_folder(args.out)
     if args.vectors and (args.model or args.data):
         raise WorkbenchError("Give either --vectors or --model/--data, not both.")
-    model = None if args.vectors else (args.model or _default_model_for(args.analysis))
+    models = [] if args.vectors else (args.model or [_default_model_for(args.analysis)])
     data = None if args.vectors else (args.data or _default_data_for(args.analysis))
     t0 = time.time()
-    result = run_analysis(args.analysis, model=model, data=data, vectors=args.vectors, params=params,
-                          progress=_progress_bar(args.analysis), text_column=args.text_column,
-                          label_column=args.label_column, vector_column=args.vector_column,
-                          **_model_kwargs(args))
+    kwargs = dict(data=data, vectors=args.vectors, params=params, progress=_progress_bar(args.analysis),
+                  text_column=args.text_column, label_column=args.label_column, vector_column=args.vector_column,
+                  **_model_kwargs(args))
+    if len(models) > 1:  # repeated --model: one overlay of every model on the same inputs
+        result = run_many(args.analysis, models, **kwargs)
+    else:
+        result = run_analysis(args.analysis, model=models[0] if models else None, **kwargs)
     paths = result.save(out, static=not args.no_static)
     hits = [e["hit"] for e in result.manifest.get("cache", [])]
     cache_note = "" if not hits else (" (cache hit)" if all(hits) else " (extracted, now cached)")
     print(f"{args.analysis}: {len(result.table)} rows in {time.time() - t0:.1f} s{cache_note}")
+    for warning in result.manifest.get("warnings", []):
+        print(f"  warning: {warning}")
     for kind, path in paths.items():
         print(f"  {kind:8s} {path}")
     static = result.manifest.get("static_export", "")
@@ -391,7 +399,8 @@ def cmd_app(args) -> None:
     sys.exit(subprocess.call(cmd))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(backends: bool = True) -> argparse.ArgumentParser:
+    """The CLI; ``backends=False`` leaves out back-end commands (no back-end is imported then)."""
     parser = _Parser(prog="workbench", description="Interpretability and embedding-analysis workbench.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details; show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -426,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run one analysis, writing result.parquet, figure.html, manifest.json")
     p.add_argument("analysis")
-    p.add_argument("--model")
+    p.add_argument("--model", action="append", help="repeat to overlay several models on the same data")
     p.add_argument("--data")
     p.add_argument("--vectors", help=".npy, or parquet/csv of numeric columns (instead of --model/--data)")
     p.add_argument("--vector-column", help="the column of a parquet/csv vectors file holding one list per row")
@@ -460,33 +469,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--address", default="127.0.0.1")
     p.set_defaults(fn=cmd_app)
-    _register_extra_commands(sub)
+    if backends:
+        _register_backend_commands(sub)
     return parser
 
 
-#: back-ends may add subcommands (e.g. train-lens) by appending (name, help, setup_fn) here
-EXTRA_COMMANDS: list = []
+CORE_COMMANDS = ("models", "datasets", "analyses", "extract", "run", "batch", "cache", "reproduce", "app")
 
 
-def _register_extra_commands(sub) -> None:
+def _register_backend_commands(sub) -> None:
+    """Subcommands that back-ends declare on their spec (``AnalysisSpec.commands``, e.g. train-lens)."""
     try:
-        import analyses  # noqa: F401  (importing the package lets back-ends add commands)
-        from .analysis import list_analyses
+        from .registry import list_analyses
 
-        list_analyses()
+        specs = list_analyses()
     except Exception:  # a broken back-end must not break `workbench cache ls`
         logging.getLogger(__name__).debug("analysis discovery failed", exc_info=True)
-    # read the list through the package: run as `python -m workbench.cli` this module is __main__,
-    # a second copy whose EXTRA_COMMANDS the back-ends never see
-    from workbench.cli import EXTRA_COMMANDS as registered
-
-    for name, help_text, setup in registered:
-        p = sub.add_parser(name, help=help_text)
-        setup(p)
+        return
+    for spec in specs:
+        for command in spec.commands:
+            command.setup(sub.add_parser(command.name, help=command.help))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    # core commands never import the back-ends just to build the parser (a fast `cache ls`)
+    parser = build_parser(backends=command not in CORE_COMMANDS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if not args.verbose:

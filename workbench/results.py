@@ -63,6 +63,20 @@ def cli_command(analysis: str, model: str | None, data: str | None, vectors: str
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def with_models(cli: str, models: list[str]) -> str:
+    """A ``workbench run`` line with its ``--model`` replaced by one ``--model`` per name (an overlay)."""
+    parts = shlex.split(cli)
+    kept, i = [], 0
+    while i < len(parts):
+        if parts[i] == "--model":
+            i += 2
+            continue
+        kept.append(parts[i])
+        i += 1
+    head, tail = kept[:3], kept[3:]  # workbench run ANALYSIS
+    return " ".join(shlex.quote(p) for p in head + [x for m in models for x in ("--model", m)] + tail)
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -91,7 +105,7 @@ class Result:
 
     def figure(self):
         """The analysis's default figure (plotly)."""
-        from .analysis import get_analysis
+        from .registry import get_analysis
 
         return get_analysis(self.analysis).figure(self)
 

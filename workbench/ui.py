@@ -201,23 +201,41 @@ def result_key(analysis: str, model, data_ref, vectors, params: dict) -> str:
     return json.dumps([analysis, model, data_ref, vec, params], sort_keys=True, default=str)
 
 
-def run(analysis: str, params: dict, choice: dict, button_label: str = "Run", auto: bool = False):
-    """Run ``analysis`` with a progress bar; returns the Result (memoised per session) or None."""
-    from .analysis import run_analysis
+def run(analysis: str, params: dict, choice: dict, button_label: str = "Run", auto: bool = False,
+        overlay: list[str] | tuple = (), on_step=None):
+    """Run ``analysis`` with a progress bar; returns the Result (memoised per session) or None.
+
+    ``overlay``: more models run on the same data and settings into the same Result (the core's
+    ``run_many``: one table with a model column, one manifest, one CLI line). ``on_step`` gets the
+    back-end's structured step records (a live view). Warnings that qualify the result are shown
+    above it.
+    """
+    from .analysis import run_analysis, run_many
 
     ss = st.session_state
     results = ss.setdefault("_results", {})
-    key = result_key(analysis, choice.get("model"), choice.get("data_ref"), choice.get("vectors"), params)
+    models = [choice.get("model")] + [m for m in overlay if m != choice.get("model")]
+    key = result_key(analysis, models, choice.get("data_ref"), choice.get("vectors"), params)
     # with auto=True the analysis reruns whenever its inputs change: a button would only repeat that
     clicked = False if auto else st.button(button_label, type="primary", key=f"run_{analysis}")
-    if key in results:
-        return results[key]
-    if not (clicked or auto):
-        st.info("Set the parameters, then press **Run**.")
-        return None
-    if choice.get("model") is None and choice.get("vectors") is None:
-        st.warning("Pick a model (or vectors) in the sidebar.")
-        return None
+    if key not in results:
+        if not (clicked or auto):
+            st.info("Set the parameters, then press **Run**.")
+            return None
+        if choice.get("model") is None and choice.get("vectors") is None:
+            st.warning("Pick a model (or vectors) in the sidebar.")
+            return None
+        result = _run_with_progress(analysis, params, choice, models, on_step, run_analysis, run_many)
+        if result is None:
+            return None
+        results[key] = result
+    result = results[key]
+    for warning in result.manifest.get("warnings", []):
+        st.warning(warning)
+    return result
+
+
+def _run_with_progress(analysis, params, choice, models, on_step, run_analysis, run_many):
     bar = st.progress(0.0, text="starting…")
     t0 = time.time()
 
@@ -225,21 +243,24 @@ def run(analysis: str, params: dict, choice: dict, button_label: str = "Run", au
         frac = min(done / total, 1.0) if total else 0.0
         bar.progress(frac, text=message or f"{done}/{total} ({time.time() - t0:.0f} s)")
 
+    kwargs = dict(data=choice.get("data"), vectors=choice.get("vectors"), params=params, progress=progress,
+                  on_step=on_step)
     try:
-        model = get_model(choice["model"]) if choice.get("model") else None
-        result = run_analysis(analysis, model=model, data=choice.get("data"), vectors=choice.get("vectors"),
-                              params=params, progress=progress)
+        if choice.get("model") is None:
+            result = run_analysis(analysis, model=None, **kwargs)
+        elif len(models) == 1:
+            result = run_analysis(analysis, model=get_model(models[0]), **kwargs)
+        else:
+            result = run_many(analysis, [get_model(m) for m in models], **kwargs)
     except WorkbenchError as exc:
-        bar.empty()
         st.error(str(exc))
         return None
-    bar.empty()
-    if choice.get("data_ref"):
+    finally:
+        bar.empty()
+    if choice.get("data_ref") and result.manifest.get("dataset"):
         # the CLI line must name the dataset the way the user chose it
-        result.manifest["cli"] = result.manifest["cli"].replace(f"--data {result.manifest['dataset']['source']}",
-                                                                f"--data {choice['data_ref']}") \
-            if result.manifest.get("dataset") else result.manifest["cli"]
-    results[key] = result
+        result.manifest["cli"] = result.manifest["cli"].replace(
+            f"--data {result.manifest['dataset']['source']}", f"--data {choice['data_ref']}")
     return result
 
 

@@ -10,7 +10,7 @@ from workbench.analysis import AnalysisSpec, Param, register
 
 from . import analysis as _analysis
 from . import results_tables
-from .cli import register_cli
+from .cli import TRAIN_LENS
 from .core import TunedLens, Unembed, stats_from_logprobs  # noqa: F401
 from .train import find_lens, load_lens, train_tuned_lens  # noqa: F401
 
@@ -40,6 +40,5 @@ register(AnalysisSpec(
     page="pages/2_Lenses.py",
     figures={"curves": lambda r: _analysis.curves(r.table)},
     readme_tables=results_tables.TABLES,
+    commands=(TRAIN_LENS,),
 ))
-
-register_cli()

