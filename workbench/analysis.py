@@ -197,14 +197,25 @@ def run_analysis(name: str, model: str | ModelInfo | None = None, data: str | Te
                  text_column: str | None = None, label_column: str | None = None,
                  vector_column: str | None = None, device: str | None = "auto", dtype: str | None = "auto",
                  device_map: str | None = None, max_memory: str | dict | None = None,
-                 on_step: StepFn | None = None) -> Result:
+                 on_step: StepFn | None = None, engine: str = "local", address: str | None = None) -> Result:
     """Run a registered analysis and return its :class:`Result` (table + manifest).
 
     ``model`` is a name (built-in, folder or hub id) or a loaded model; by name it is opened lazily
     (:class:`~workbench.models.LazyModel`): when every activation the analysis needs is in the store,
     the weights are never loaded. ``device``, ``dtype``, ``device_map`` and ``max_memory`` are passed
     to :func:`~workbench.models.load_model`. ``on_step`` gets the back-end's structured step records.
+    ``engine="ray"`` runs the whole analysis as one Ray task (GPU-aware) on the cluster at ``address``
+    (default: a local one) and returns its Result.
     """
+    if engine == "ray":
+        from .distributed import run_remote
+
+        return run_remote(name, address=address, model=model, data=data, vectors=vectors, params=params,
+                          store=store, text_column=text_column, label_column=label_column,
+                          vector_column=vector_column, device=device, dtype=dtype, device_map=device_map,
+                          max_memory=max_memory)
+    if engine != "local":
+        raise WorkbenchError(f"engine must be local or ray; got {engine!r}.")
     spec = get_analysis(name)
     declared = spec.all_params
     # validated before any input is read, so a bad value fails fast and the back-end gets clean types

@@ -167,10 +167,11 @@ def cmd_extract(args) -> None:
     model = load_model(args.model, lazy=True, **_model_kwargs(args))
     dataset = load_dataset(args.data, args.text_column, args.label_column, limit=args.limit)
     hooks = _hooks_from_arg(model, args.hooks)
-    store = ActivationStore()
+    store = ActivationStore(dtype=args.store_dtype, batch_tokens=args.batch_tokens)
     t0 = time.time()
     entry = store.get_or_extract(model, dataset, hooks, max_length=args.max_length, prepend_bos=args.prepend_bos,
-                                 batch_size=args.batch_size, progress=_progress_bar("extract"))
+                                 batch_size=args.batch_size, progress=_progress_bar("extract"), engine=args.engine,
+                                 workers=args.workers, address=args.address)
     size = sum(f["bytes"] for f in entry.meta["files"].values())
     print(f"{'extracted' if entry.extracted else 'cache hit'}: {entry.key}  {entry.n_texts} texts, "
           f"{entry.n_tokens} tokens, {len(entry.hooks)} hooks, {size / 2**20:.1f} MiB, {time.time() - t0:.1f} s")
@@ -191,9 +192,10 @@ def cmd_run(args) -> None:
                   text_column=args.text_column, label_column=args.label_column, vector_column=args.vector_column,
                   **_model_kwargs(args))
     if len(models) > 1:  # repeated --model: one overlay of every model on the same inputs
-        result = run_many(args.analysis, models, **kwargs)
+        result = run_many(args.analysis, models, engine=args.engine, address=args.address, **kwargs)
     else:
-        result = run_analysis(args.analysis, model=models[0] if models else None, **kwargs)
+        result = run_analysis(args.analysis, model=models[0] if models else None, engine=args.engine,
+                              address=args.address, **kwargs)
     paths = result.save(out, static=not args.no_static)
     hits = [e["hit"] for e in result.manifest.get("cache", [])]
     cache_note = "" if not hits else (" (cache hit)" if all(hits) else " (extracted, now cached)")
@@ -263,45 +265,78 @@ def plan_jobs(plan: dict) -> list[tuple[str, str | None, str | None, str | None,
     return jobs
 
 
-def cmd_batch(args) -> None:
+def run_batch_job(job: dict, out: Path, static: bool) -> dict:
+    """One job of a batch plan: run, save into ``out/<label>``, and return its index row. A job that
+    fails gets its error in the row (with the traceback in its folder); it never raises."""
     import traceback
 
     from .analysis import run_analysis
     from .paths import atomic_write
 
+    t0 = time.time()
+    row = {"job": job["label"], "analysis": job["analysis"], "model": job["model"],
+           "data": job["data"] or job["vectors"], "rows": 0}
+    try:
+        vec = job["vectors"]
+        result = run_analysis(job["analysis"], model=job["model"] or (None if vec else _default_model_for(job["analysis"])),
+                              data=job["data"] or (None if vec else _default_data_for(job["analysis"])), vectors=vec,
+                              params=job["params"], progress=_progress_bar(job["analysis"]), **job["placement"])
+        result.save(out / job["label"], static=static)
+        row.update(status="ok", rows=len(result.table))
+    except WorkbenchError as exc:
+        row["status"] = f"error: {exc}"
+    except Exception as exc:  # a bug in one job must not stop the others; its traceback is kept
+        folder = out / job["label"]
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_write(folder / "error.txt") as handle:
+            handle.write(traceback.format_exc())
+        row["status"] = f"failed: {exc.__class__.__name__}: {str(exc)[:200]} (traceback in {job['label']}/error.txt)"
+    row["seconds"] = round(time.time() - t0, 1)
+    return row
+
+
+def _model_entries(plan: dict) -> list[tuple[str | None, dict]]:
+    """``models:`` entries as (name, placement): a name, or a mapping {name, device, dtype, device_map, max_memory}."""
+    out = []
+    for entry in plan.get("models") or []:
+        if isinstance(entry, dict):
+            if "name" not in entry:
+                raise WorkbenchError(f"a model entry of the plan needs a name: {entry}")
+            unknown = set(entry) - {"name", "device", "dtype", "device_map", "max_memory"}
+            if unknown:
+                raise WorkbenchError(f"a model entry of the plan has unknown keys {sorted(unknown)}: {entry}")
+            out.append((str(entry["name"]), {k: v for k, v in entry.items() if k != "name"}))
+        else:
+            out.append((str(entry), {}))
+    return out
+
+
+def cmd_batch(args) -> None:
     plan_path = Path(args.plan).resolve()
     plan = _read_plan(plan_path)
     # a relative `out:` in the plan is relative to the plan's folder; --out is relative to here
     out = _out_folder(args.out) if args.out else plan_path.parent / plan.get("out", "out/batch")
     out = _out_folder(str(out))
     params_by = plan.get("params") or {}
-    jobs = plan_jobs(plan)
+    placements = dict(_model_entries(plan))
+    jobs = []
+    for analysis, model, data, vec, label in plan_jobs({**plan, "models": list(placements) or None}):
+        if vec is not None and not Path(vec).is_absolute():
+            vec = str(plan_path.parent / vec)
+        jobs.append({"analysis": analysis, "model": model, "data": data, "vectors": vec, "label": label,
+                     "params": params_by.get(analysis, {}), "placement": placements.get(model, {})})
     rows = []
     try:
-        for n, (analysis, model, data, vec, label) in enumerate(jobs, start=1):
-            print(f"[{n}/{len(jobs)}] {label}", flush=True)
-            t0 = time.time()
-            row = {"job": label, "analysis": analysis, "model": model, "data": data or vec, "rows": 0}
-            try:
-                if vec is not None and not Path(vec).is_absolute():
-                    vec = str(plan_path.parent / vec)
-                result = run_analysis(analysis, model=model or (None if vec else _default_model_for(analysis)),
-                                      data=data or (None if vec else _default_data_for(analysis)), vectors=vec,
-                                      params=params_by.get(analysis, {}), progress=_progress_bar(analysis))
-                result.save(out / label, static=not args.no_static)
-                row.update(status="ok", rows=len(result.table))
-            except WorkbenchError as exc:
-                row["status"] = f"error: {exc}"
-                print(f"  error: {exc}", file=sys.stderr)
-            except Exception as exc:  # a bug in one job must not stop the others; its traceback is kept
-                folder = out / label
-                folder.mkdir(parents=True, exist_ok=True)
-                with atomic_write(folder / "error.txt") as handle:
-                    handle.write(traceback.format_exc())
-                row["status"] = f"failed: {exc.__class__.__name__}: {str(exc)[:200]} (traceback in {label}/error.txt)"
-                print(f"  {row['status']}", file=sys.stderr)
-            row["seconds"] = round(time.time() - t0, 1)
-            rows.append(row)
+        if args.engine == "ray":
+            from .distributed import run_jobs
+
+            rows = run_jobs(jobs, out, static=not args.no_static, address=args.address)
+        else:
+            for n, job in enumerate(jobs, start=1):
+                print(f"[{n}/{len(jobs)}] {job['label']}", flush=True)
+                rows.append(run_batch_job(job, out, static=not args.no_static))
+                if rows[-1]["status"] != "ok":
+                    print(f"  {rows[-1]['status']}", file=sys.stderr)
     finally:
         _write_index(out, rows, plan_path)
     print(f"wrote {out / 'index.html'} ({sum(r['status'] == 'ok' for r in rows)}/{len(rows)} ok)")
@@ -416,6 +451,13 @@ def build_parser(backends: bool = True) -> argparse.ArgumentParser:
                                                           "(transformers/accelerate)")
         p.add_argument("--max-memory", default=None, help="per-device budget with --device-map, e.g. 0=20GiB,1=20GiB,cpu=64GiB")
 
+    def engine_args(p):
+        p.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="local (this process) or ray (tasks on a Ray cluster, one GPU each when there are GPUs)")
+        p.add_argument("--address", default=None, help="Ray cluster: auto (a running one) or ray://HOST:PORT; "
+                                                       "default: start a local cluster on 127.0.0.1")
+        p.add_argument("--workers", type=_positive_int, default=None, help="Ray workers (slices of the dataset)")
+
     def data_args(p):
         p.add_argument("--text-column", help="text column of a csv/jsonl/parquet dataset")
         p.add_argument("--label-column", help="label column (optional)")
@@ -425,7 +467,12 @@ def build_parser(backends: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--hooks", help="comma-separated hook names or groups: resid, resid_mid, attn_z, attn_out, mlp_out, sentence")
     p.add_argument("--max-length", type=_positive_int, default=None)
-    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="texts per forward pass (at most)")
+    p.add_argument("--batch-tokens", type=_positive_int, default=8192,
+                   help="padded tokens per forward pass (at most; halved on out-of-memory)")
+    p.add_argument("--store-dtype", choices=["float32", "float16"], default="float32",
+                   help="how activations are written (float16 halves the disk; analyses read float32)")
+    engine_args(p)
     p.add_argument("--limit", type=_positive_int, default=None, help="first N texts only")
     model_args(p)
     p.add_argument("--prepend-bos", type=_tristate, default=None,
@@ -444,10 +491,12 @@ def build_parser(backends: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--no-static", action="store_true", help="skip PNG/SVG export")
     model_args(p)
     data_args(p)
+    engine_args(p)
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("batch", help="run a plan: analyses x models x datasets into one folder with an index page")
     p.add_argument("plan")
+    engine_args(p)
     p.add_argument("--out")
     p.add_argument("--no-static", action="store_true")
     p.set_defaults(fn=cmd_batch)

@@ -82,14 +82,19 @@ class ActivationStore:
     # ---- public API -------------------------------------------------------------------------
     def get_or_extract(self, model: LoadedModel, dataset: TextDataset, hooks: list[str] | None = None, *,
                        max_length: int | None = None, prepend_bos: bool | None = None, batch_size: int = 8,
-                       progress: Progress | None = None) -> CacheEntry:
+                       progress: Progress | None = None, engine: str = "local", workers: int | None = None,
+                       address: str | None = None) -> CacheEntry:
         """Return the cached entry for these activations, extracting (once) if it is missing or corrupt.
 
         ``hooks`` defaults to the residual stream at every layer. ``max_length`` defaults to the
         model's context; longer texts are truncated with a warning. ``prepend_bos``: None keeps the
         tokenizer's own special tokens, True makes sure each text starts with BOS, False removes it.
         The returned entry's ``extracted`` says whether this call ran the forward passes.
+        ``engine="ray"`` extracts contiguous slices on a Ray cluster (``workers`` tasks, ``address`` of
+        the cluster; see :mod:`workbench.store.distributed`): the entry is the same.
         """
+        if engine not in ("local", "ray"):
+            raise WorkbenchError(f"engine must be local or ray; got {engine!r}.")
         hooks = list(dict.fromkeys(hooks or model.resid_hooks()))
         model.check_hooks(hooks)
         if max_length is None:
@@ -116,7 +121,8 @@ class ActivationStore:
                 shutil.rmtree(tmp, ignore_errors=True)
             self.remove_orphans(older_than=STALE_SECONDS)
             try:
-                self._extract(key, model, dataset, hooks, max_length, prepend_bos, int(batch_size), progress)
+                self._extract(key, model, dataset, hooks, max_length, prepend_bos, int(batch_size), progress,
+                              engine, workers, address)
             except OSError as exc:  # full disk, read-only file system, permissions
                 raise WorkbenchError(f"Cannot write the activation cache at {self.root} ({exc.strerror or exc}); "
                                      "free space, fix permissions, or set WORKBENCH_CACHE to another folder. "
@@ -294,6 +300,15 @@ class ActivationStore:
         lock.release()
         return False
 
+    def _extract_here(self, tmp: Path, model, dataset, hooks, max_length, prepend_bos, batch_size, progress) -> dict:
+        spool = _TokenSpool(tmp)
+        run = _Extraction(self, tmp, model, hooks, spool, progress)
+        n_truncated = run.write(dataset, max_length, prepend_bos, batch_size)
+        files = {s["file"]: {"bytes": s["bytes"], "xxh3": s["xxh3"]} for s in run.shards}
+        files[TOKENS_FILE] = spool.finish(tmp / TOKENS_FILE)
+        return {"shards": run.shards, "files": files, "shapes": run.shapes, "n_truncated": n_truncated,
+                "n_tokens": spool.n_tokens, "batch": run.batch_report()}
+
     @staticmethod
     def _check_files(path: Path, meta: dict, full: bool) -> None:
         files = meta["files"]
@@ -338,28 +353,29 @@ class ActivationStore:
         return doomed
 
     def _extract(self, key, model: LoadedModel, dataset, hooks, max_length, prepend_bos, batch_size,
-                 progress) -> None:
+                 progress, engine: str = "local", workers: int | None = None, address: str | None = None) -> None:
         t0 = time.time()
         tmp = self.root / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            spool = _TokenSpool(tmp)
-            run = _Extraction(self, tmp, model, hooks, spool, progress)
-            n_truncated = run.write(dataset, max_length, prepend_bos, batch_size)
-            shards = run.shards
-            files = {s["file"]: {"bytes": s["bytes"], "xxh3": s["xxh3"]} for s in shards}
-            files[TOKENS_FILE] = spool.finish(tmp / TOKENS_FILE)
-            if n_truncated:
-                warnings.warn(f"{n_truncated} of {len(dataset)} texts were longer than {max_length} tokens "
+            if engine == "ray":
+                from .distributed import extract_on_ray
+
+                out = extract_on_ray(self, key, tmp, model, dataset, hooks, max_length, prepend_bos, batch_size,
+                                     workers, address, progress)
+            else:
+                out = self._extract_here(tmp, model, dataset, hooks, max_length, prepend_bos, batch_size, progress)
+            if out["n_truncated"]:
+                warnings.warn(f"{out['n_truncated']} of {len(dataset)} texts were longer than {max_length} tokens "
                               f"and were truncated (raise max_length, up to the model's {model.max_length}).")
             meta = {
                 "format": FORMAT_VERSION, "key": key, "model_name": model.name,
                 "model_fingerprint": model.fingerprint, "device": model.device, "dataset_name": dataset.name,
                 "dataset_hash": dataset.content_hash, "dataset_kind": "tokens" if dataset.texts is None else "texts",
-                "hooks": hooks, "shapes": run.shapes, "max_length": max_length, "prepend_bos": prepend_bos,
-                "n_texts": len(dataset), "n_tokens": spool.n_tokens, "n_truncated": n_truncated, "shards": shards,
-                "files": files, "created": time.time(), "seconds": round(time.time() - t0, 2), "dtype": self.dtype,
-                "batch": run.batch_report(),
+                "hooks": hooks, "shapes": out["shapes"], "max_length": max_length, "prepend_bos": prepend_bos,
+                "n_texts": len(dataset), "n_tokens": out["n_tokens"], "n_truncated": out["n_truncated"],
+                "shards": out["shards"], "files": out["files"], "created": time.time(),
+                "seconds": round(time.time() - t0, 2), "dtype": self.dtype, "batch": out["batch"], "engine": engine,
             }
             (tmp / READER_LOCK).touch()
             (tmp / "last_used").touch()
