@@ -1,4 +1,4 @@
-"""Benchmark of zero-shot inversion (issue 7).
+"""Benchmark of zero-shot inversion (docs/methods.md, "Embedding inversion").
 
 1. Candidates embedded per second by minilm-l6, batched (``--batch`` candidates per forward, as the
    beam search does: all B·K extensions of a step at once) vs one forward per candidate. Candidates
@@ -38,6 +38,7 @@ def main() -> int:
     import torch
 
     from analyses.inversion.search import Embedder, Proposer, SearchConfig, invert
+    from analyses.inversion.targets import store_targets
     from workbench.models import load_model
 
     torch.set_num_threads(args.threads)
@@ -50,10 +51,12 @@ def main() -> int:
     # the candidates of one real search step (B*K extensions of the beams after --cand-step steps)
     embedder = Embedder(emb_model, batch_size=args.batch)
     proposer = Proposer(proposer_model)
+    # the targets come from the activation store, as in the analysis; candidates from embedder.encode
+    targets = store_targets(emb_model, sents[: max(1, args.sentences)], [None], embedder.max_length)[None]
     captured: list[list[str]] = []
     original = embedder.encode
     embedder.encode = lambda texts, batch_size=None: (captured.append(list(texts)), original(texts, batch_size))[1]
-    invert(original([sents[0]])[0].numpy(), proposer, embedder,
+    invert(targets[0], proposer, embedder,
            SearchConfig(beam_width=10, top_k=10, max_steps=args.cand_step, stages=1, threshold=1.01))
     embedder.encode = original
     cands = captured[-1]
@@ -80,8 +83,8 @@ def main() -> int:
     if not args.skip_search:
         cfg = SearchConfig(beam_width=10, top_k=10, max_steps=args.steps, stages=2, threshold=1.01)
         total_s, total_steps, total_emb = 0.0, 0, 0
-        for s in sents[: args.sentences]:
-            res = invert(embedder.encode([s])[0].numpy(), proposer, embedder, cfg)
+        for s, target in zip(sents[: args.sentences], targets):
+            res = invert(target, proposer, embedder, cfg)
             total_s += res.seconds
             total_steps += res.steps
             total_emb += res.n_embedded

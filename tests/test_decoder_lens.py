@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -313,3 +314,67 @@ def test_registered_analysis_on_builtin_pair():
     with pytest.raises(WorkbenchError, match="source column"):
         run_analysis("decoder_lens", model="t5-tasks", data="seq2seq-tasks",
                      params={"max_examples": 2, "source_column": "nope"})
+
+
+# ------------------------------------------------------------------ encoder states from the store
+def test_store_tokenisation_equals_the_lens_tokenisation(store):
+    """The store's token ids are what the lens tokenised itself: T5's closing </s> kept, and a source
+    longer than the model's max_length cut by the tokenizer's own truncation (still ending in </s>)."""
+    from analyses.decoder_lens.states import encode_sources, store_states
+    from workbench.analysis import RunContext
+    from workbench.models import load_model
+
+    m = load_model("t5-tasks")
+    rows = [json.loads(x) for x in EVAL_SET.read_text().splitlines()][::20]
+    long_source = "copy: " + " ".join(str(k % 10) for k in range(3 * m.max_length))
+    sources = [r["source"] for r in rows] + [long_source]
+    ctx = RunContext("decoder_lens", {}, model=m, store=store)
+    with pytest.warns(UserWarning, match="truncated"):
+        states = store_states(ctx, m, sources, [0, m.n_layers], batch_size=4)
+    eos = m.tokenizer.eos_token_id
+    for i, src in enumerate(sources):
+        before = encode_sources(m.tokenizer, [src], m.max_length)["input_ids"][0].tolist()
+        assert states.entry.token_ids(i).tolist() == before
+        assert before[-1] == eos
+    assert len(states.entry.token_ids(len(sources) - 1)) == m.max_length
+    assert states.entry.token_ids(0).tolist() == m.tokenizer(sources[0])["input_ids"]  # short: nothing cut
+
+
+def test_store_states_equal_the_encoder_forward(store):
+    """Right-padded stored states and their mask equal the encoder's own padded batch (real tokens),
+    and the lens reading them gives the table of the lens running the encoder itself."""
+    from analyses.decoder_lens.states import ForwardStates, store_states
+    from workbench.analysis import RunContext
+    from workbench.models import load_model
+
+    m = load_model("t5-tasks")
+    rows = [json.loads(x) for x in EVAL_SET.read_text().splitlines()][3::16]
+    srcs, refs = [r["source"] for r in rows], [r["reference"] for r in rows]
+    L = m.n_layers
+    stored = store_states(RunContext("decoder_lens", {}, model=m, store=store), m, srcs, [0, 3, L], batch_size=5)
+    forward = ForwardStates(m.hf_model, m.tokenizer, srcs)
+    assert stored.n_layers == forward.n_layers == L
+    (a, mask_a), (b, mask_b) = stored.batch(0, len(srcs), [0, 3, L]), forward.batch(0, len(srcs), [0, 3, L])
+    assert torch.equal(mask_a, mask_b)
+    real = mask_b.bool()
+    for layer in (0, 3, L):
+        assert torch.allclose(a[layer][real], b[layer][real], atol=1e-5)
+    gen = {"max_new_tokens": 12, "do_sample": False, "num_beams": 1}
+    kw = dict(layers=[0, 3, L], generation=gen, batch_size=4, apply_final_norm="both")
+    via_store = decoder_lens(m.hf_model, m.tokenizer, srcs, refs, states=stored, **kw)
+    direct = decoder_lens(m.hf_model, m.tokenizer, srcs, refs, **kw)
+    assert via_store["output"].tolist() == direct["output"].tolist()
+    assert np.allclose(via_store["logprob"], direct["logprob"], atol=1e-4)
+    assert via_store[via_store["layer"] == L]["output"].tolist() == _plain_generate(m.hf_model, m.tokenizer, srcs, gen)
+
+
+def test_second_identical_run_is_a_store_cache_hit(store):
+    from workbench.analysis import run_analysis
+
+    runs = [run_analysis("decoder_lens", model="t5-tasks", data="seq2seq-tasks", params={"max_examples": 20},
+                         store=store) for _ in range(2)]
+    first, second = (r.manifest["cache"] for r in runs)
+    assert first and not any(e["hit"] for e in first)
+    assert second and all(e["hit"] for e in second)
+    assert [e["key"] for e in first] == [e["key"] for e in second]
+    pd.testing.assert_frame_equal(runs[0].table, runs[1].table)

@@ -1,4 +1,4 @@
-"""Embedding inversion (issue 7): beam mechanics on tiny random models, metrics, input checks.
+"""Embedding inversion: beam mechanics on tiny random models, metrics, input checks.
 
 Tiny proposer: a 2-layer LlamaConfig with a character-level tokenizer that has a chat template;
 tiny embedder: a 2-layer BertConfig. Nothing is downloaded; every test runs in about a second.
@@ -162,13 +162,13 @@ def test_layer_embedder_is_masked_mean(tiny):
         Embedder(embedder, layer=3)
 
 
-def test_analysis_run_table(tiny):
+def test_analysis_run_table(tiny, store):
     proposer, embedder = tiny
     params = {"beam_width": 3, "top_k": 3, "top_p": 1.0, "repetition_penalty": 1.5, "max_steps": 3,
               "refine_steps": 2, "stages": 2, "threshold": 0.99, "randomness": False, "prompt": "write",
               "refine_prompt": "like this: {text}", "layers": "0,-1", "max_items": 2, "batch_size": 8,
               "check_norms": True, "proposer": "unused", "embedder": "unused", "seed": 0}
-    ctx = RunContext("inversion", params, model=embedder,
+    ctx = RunContext("inversion", params, model=embedder, store=store,
                      dataset=TextDataset.from_texts(["alice met bob.", "x y z", "unused"]))
     table, summary = run_inversion(ctx, proposer_model=proposer)
     assert len(table) == 4 and sorted(table["layer"].unique()) == [-1, 0]
@@ -240,7 +240,7 @@ def test_banned_mask_covers_specials(tiny):
     assert not mask[tok.convert_tokens_to_ids("a")]
 
 
-def test_analysis_refuses_foreign_vectors(tiny):
+def test_analysis_refuses_foreign_vectors(tiny, store):
     proposer, embedder = tiny
     params = {"beam_width": 2, "top_k": 2, "top_p": 1.0, "repetition_penalty": 1.5, "max_steps": 2,
               "refine_steps": 2, "stages": 1, "threshold": 0.99, "randomness": False, "prompt": "write",
@@ -248,9 +248,100 @@ def test_analysis_refuses_foreign_vectors(tiny):
               "check_norms": True, "proposer": "unused", "embedder": "unused", "seed": 0}
     v = np.random.default_rng(1).normal(size=(3, 32)).astype(np.float32) * 5
     with pytest.raises(WorkbenchError, match="normalises"):
-        run_inversion(RunContext("inversion", params, model=embedder, vectors=v), proposer_model=proposer)
-    table, summary = run_inversion(RunContext("inversion", params, model=embedder,
-                                              vectors=v / np.linalg.norm(v, axis=1, keepdims=True)),
-                                   proposer_model=proposer)
+        run_inversion(RunContext("inversion", params, model=embedder, vectors=v, store=store),
+                      proposer_model=proposer)
+    ctx = RunContext("inversion", params, model=embedder, vectors=v / np.linalg.norm(v, axis=1, keepdims=True),
+                     store=store)
+    table, summary = run_inversion(ctx, proposer_model=proposer)
+    assert ctx.cache_events == []  # vectors are used as given: nothing is embedded for the targets
     assert len(table) == 2 and table["target"].isna().all() and summary["mode"] == "vectors"
     assert table["token_f1"].isna().all() and (table["cosine"] > -1).all()
+
+
+# ------------------------------------------------------------------------------------- store
+TEXTS = ["alice met bob.", "x y z", "a much longer text, with commas and words", "ab"]
+
+
+def _params(**kw):
+    base = {"beam_width": 3, "top_k": 3, "top_p": 1.0, "repetition_penalty": 1.5, "max_steps": 3,
+            "refine_steps": 2, "stages": 2, "threshold": 1.01, "randomness": False, "prompt": "write",
+            "refine_prompt": "like this: {text}", "layers": None, "max_items": 2, "batch_size": 8,
+            "check_norms": True, "proposer": "unused", "embedder": "unused", "seed": 0}
+    base.update(kw)
+    return base
+
+
+def test_store_targets_equal_embed_texts(tiny, store):
+    """Targets read from the store (sentence embedding; residual hooks + mean_pooled) equal what
+    embed_texts gives the candidates, on the same texts, to 1e-5."""
+    from analyses.inversion.targets import store_targets
+    from workbench.hooked import embed_texts
+
+    _, embedder = tiny
+    layers = [None, 0, 1, 2]
+    max_length = Embedder(embedder).max_length
+    targets = store_targets(embedder, TEXTS, layers, max_length, store=store)
+    for layer in layers:
+        direct = embed_texts(embedder, TEXTS, layer=layer, batch_size=3, max_length=max_length).numpy()
+        assert targets[layer].shape == direct.shape == (len(TEXTS), 32)
+        np.testing.assert_allclose(targets[layer], direct, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(targets[layer], Embedder(embedder, layer).encode(TEXTS).numpy(), atol=1e-5, rtol=0)
+    # truncation is the same on both paths: a short max_length cuts targets and candidates alike
+    with pytest.warns(UserWarning, match="truncated"):
+        short = store_targets(embedder, TEXTS, [None], 6, store=store)[None]
+    np.testing.assert_allclose(short, embed_texts(embedder, TEXTS, max_length=6).numpy(), atol=1e-5, rtol=0)
+
+
+def test_run_targets_come_from_the_store_and_are_cached(tiny, store):
+    proposer, embedder = tiny
+    data = TextDataset.from_texts(TEXTS)
+    runs = []
+    for _ in range(2):
+        ctx = RunContext("inversion", _params(layers="1,-1"), model=embedder, dataset=data, store=store)
+        runs.append((ctx, run_inversion(ctx, proposer_model=proposer)[0]))
+    (first, t1), (second, t2) = runs
+    assert len(first.cache_events) == 1 and not first.cache_events[0]["hit"]
+    assert len(second.cache_events) == 1 and second.cache_events[0]["hit"]
+    assert first.cache_events[0]["key"] == second.cache_events[0]["key"]
+    assert t1["reconstruction"].tolist() == t2["reconstruction"].tolist()
+    # the reported cosine is the true cosine between the reconstruction and the stored target
+    from analyses.inversion.targets import store_targets
+
+    stored = store_targets(embedder, TEXTS[:2], [None, 1], 128, store=store)
+    for row in t1.itertuples():
+        layer = None if row.layer == -1 else row.layer
+        cand = Embedder(embedder, layer).encode([row.reconstruction])[0]
+        cos = torch.nn.functional.cosine_similarity(cand, torch.tensor(stored[layer][row.item]), dim=0)
+        assert float(cos) == pytest.approx(row.cosine, abs=1e-5)
+
+
+def test_structured_step_records(tiny, store):
+    """ctx.step (when the context has it) gets one plain-dict record per step; the bar and the
+    message of ctx.progress stay as they were."""
+    from analyses.inversion.progress import RECORD_KEYS
+
+    proposer, embedder = tiny
+    records, bars, legacy = [], [], []
+    ctx = RunContext("inversion", _params(layers="0,-1"), model=embedder, store=store,
+                     dataset=TextDataset.from_texts(TEXTS), progress_fn=lambda d, t, m="": bars.append((d, t, m)))
+    ctx.step = records.append  # whatever RunContext offers, the back-end only looks for a `step` callable
+    table, _ = run_inversion(ctx, proposer_model=proposer, step_callback=lambda *a: legacy.append(a))
+    per_item, n_items = 3 + 2, 2 * 2
+    steps = [b for b in bars if b[2].startswith("item ")]
+    assert len(records) == len(steps) == len(legacy) == n_items * per_item
+    assert all(set(r) == set(RECORD_KEYS) for r in records)
+    assert all(type(v) in (int, float, str) for r in records for v in r.values())
+    assert [r["item"] for r in records] == [i for i in range(n_items) for _ in range(per_item)]
+    assert [(r["stage"], r["step"]) for r in records[:per_item]] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2)]
+    assert [r["layer"] for r in records[::per_item]] == [0, 0, -1, -1]
+    assert [r["target"] for r in records[::per_item]] == [0, 1, 0, 1]
+    assert [r["done"] for r in records] == list(range(1, n_items * per_item + 1))
+    assert all(r["total"] == n_items * per_item and r["n_items"] == n_items for r in records)
+    last = records[per_item - 1]
+    row = table[(table["layer"] == 0) & (table["item"] == 0)].iloc[0]
+    assert last["best_text"] == row["reconstruction"] and last["best_cosine"] == pytest.approx(row["cosine"])
+    # the message the page reads today: 5 parts separated by " · "
+    d, t, message = steps[per_item - 1]
+    assert (d, t) == (per_item, n_items * per_item)
+    assert message.split(" · ", 4)[:4] == ["item 1/4", "layer 0", "stage 2 step 2/2", f"cos {last['best_cosine']:.4f}"]
+    assert legacy[0][:3] == (0, n_items, 0)

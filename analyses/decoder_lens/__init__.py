@@ -1,11 +1,14 @@
 """The ``decoder_lens`` analysis: what would the decoder say if it read encoder layer l?
 
 The pure back-end is :func:`analyses.decoder_lens.lens.decoder_lens` (Langedijk et al., arXiv
-2310.03686; METHODS.md section 2). This module wires it to the workbench: inputs are an
+2310.03686; docs/methods.md, "DecoderLens"). This module wires it to the workbench: inputs are an
 encoder-decoder model and a dataset with source / reference (and optionally task) columns, e.g. the
-built-in ``sample_data/seq2seq_tasks.jsonl`` for the built-in ``t5-tasks`` model. It runs its own
-``generate`` per layer (no cached activations). The figure shows mean score curves per task over
-encoder layers and, for one example per task, the output text at every layer.
+built-in ``sample_data/seq2seq_tasks.jsonl`` for the built-in ``t5-tasks`` model. The encoder states
+``H_l`` of the sources come from the activation store (``ctx.activations`` at the encoder's residual
+hooks, tokenised by the store at the model's ``max_length``; :mod:`.states`), so a repeated run is a
+cache hit and runs no encoder forward; the decoder then generates from ``N(H_l)`` per layer. The
+figure shows mean score curves per task over encoder layers and, for one example per task, the
+output text at every layer.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import pandas as pd
 from workbench.analysis import Param, defaults_of, int_list
 from workbench.errors import WorkbenchError
 
-from .lens import COLUMNS, decoder_lens, encoder_final_norm, summarize  # noqa: F401
+from .lens import COLUMNS, decoder_lens, encoder_final_norm, resolve_layers, summarize  # noqa: F401
+from .states import ForwardStates, StoreStates, store_states  # noqa: F401
 
 NAME = "decoder_lens"
 
@@ -65,10 +69,7 @@ def _columns(frame: pd.DataFrame, params: dict):
     return [str(x) for x in frame[src_col]], refs, tasks
 
 
-def run(ctx):
-    """Run the DecoderLens on ``ctx.model`` over ``ctx.dataset``; returns (rows, summary)."""
-    p = dict(DEFAULTS)
-    p.update(ctx.params or {})
+def _seq2seq_model(ctx):
     m = ctx.model
     if m is None:
         raise WorkbenchError("DecoderLens needs a model; choose an encoder-decoder model such as t5-tasks.")
@@ -82,17 +83,28 @@ def run(ctx):
             "DecoderLens needs a dataset with source and reference columns, e.g. the built-in "
             "sample_data/seq2seq_tasks.jsonl."
         )
+    return m
+
+
+def run(ctx):
+    """Run the DecoderLens on ``ctx.model`` over ``ctx.dataset``; returns (rows, summary)."""
+    p = dict(DEFAULTS)
+    p.update(ctx.params or {})
+    m = _seq2seq_model(ctx)
     frame = ctx.dataset.frame.iloc[: int(p["max_examples"])]
     sources, refs, tasks = _columns(frame, p)
+    if not sources:
+        raise WorkbenchError("DecoderLens got no sources; the dataset is empty.")
+    layers = resolve_layers(p["layers"], m.n_layers)  # checked before anything is extracted
+    states = store_states(ctx, m, sources, layers, int(p["batch_size"]),
+                          dataset_name=f"{ctx.dataset.name}:{p['source_column']}[:{len(sources)}]")
     gen = {"max_new_tokens": int(p["max_new_tokens"]), "num_beams": int(p["num_beams"]), "do_sample": False}
-    progress = getattr(ctx, "progress", None)
     table = decoder_lens(
-        m.hf_model, m.tokenizer, sources, refs, tasks=tasks, layers=p["layers"],
+        m.hf_model, m.tokenizer, sources, refs, tasks=tasks, layers=layers,
         apply_final_norm=p["apply_final_norm"], generation=gen, batch_size=int(p["batch_size"]),
-        progress=progress,
+        progress=getattr(ctx, "progress", None), states=states,
     )
-    summary = make_summary(table, m.hf_model)
-    return table, summary
+    return table, make_summary(table, m.hf_model)
 
 
 def make_summary(table: pd.DataFrame, hf_model=None) -> dict:
@@ -123,10 +135,55 @@ def make_summary(table: pd.DataFrame, hf_model=None) -> dict:
     return out
 
 
-def figure(result):
-    """Score curves per task over encoder layers (exact match, chrF) and a layer -> output table."""
+_DASH = {"final_norm": "solid", "raw": "dot"}
+
+
+def _score_curves(fig, s: pd.DataFrame, tasks: list, variants: list) -> None:
+    """Exact match (col 1) and chrF (col 2) over encoder layers, one line per task and variant."""
     import plotly.graph_objects as go
     from plotly.colors import qualitative
+
+    for k, task in enumerate(tasks):
+        color = qualitative.Plotly[k % len(qualitative.Plotly)]
+        for v in variants:
+            g = s[(s["task"] == task) & (s["variant"] == v)].sort_values("layer")
+            name = task if len(variants) == 1 else f"{task} ({v})"
+            for col, metric, scale in ((1, "exact_match", 100.0), (2, "chrf", 1.0)):
+                fig.add_trace(
+                    go.Scatter(
+                        x=g["layer"], y=g[metric] * scale, mode="lines+markers", name=name,
+                        legendgroup=name, showlegend=col == 1, line={"color": color, "dash": _DASH.get(v, "solid")},
+                        hovertemplate=f"{name}<br>layer %{{x}}<br>{metric} %{{y:.1f}}<extra></extra>",
+                    ),
+                    row=1, col=col,
+                )
+
+
+def _output_table(table: pd.DataFrame, tasks: list, per_task: int):
+    """A plotly Table of the output at every layer for the first ``per_task`` examples of each task."""
+    import plotly.graph_objects as go
+
+    ex = table.groupby("task", sort=False)["example"].apply(lambda e: sorted(e.unique())[:per_task])
+    pick = [i for task in tasks for i in ex[task]]
+    t = table[table["example"].isin(pick)].copy()
+    t["order"] = t["example"].map({e: n for n, e in enumerate(pick)})
+    t = t.sort_values(["order", "layer", "variant"])
+    return go.Table(
+        columnwidth=[60, 160, 40, 70, 160, 40, 40],
+        header={"values": ["task", "source", "layer", "variant", "output", "EM", "chrF"], "align": "left"},
+        cells={
+            "values": [
+                t["task"], t["source"], t["layer"], t["variant"], t["output"],
+                t["exact_match"].map(lambda x: "" if pd.isna(x) else ("✓" if x else "✗")),
+                t["chrf"].map(lambda x: "" if pd.isna(x) else f"{x:.0f}"),
+            ],
+            "align": "left",
+        },
+    )
+
+
+def figure(result):
+    """Score curves per task over encoder layers (exact match, chrF) and a layer -> output table."""
     from plotly.subplots import make_subplots
 
     table: pd.DataFrame = result.table
@@ -141,50 +198,14 @@ def figure(result):
         row_heights=[0.45, 0.55], vertical_spacing=0.1,
         subplot_titles=("Exact match by encoder layer", "chrF by encoder layer", "Output per encoder layer"),
     )
-    dash = {"final_norm": "solid", "raw": "dot"}
-    for k, task in enumerate(tasks):
-        color = qualitative.Plotly[k % len(qualitative.Plotly)]
-        for v in variants:
-            g = s[(s["task"] == task) & (s["variant"] == v)].sort_values("layer")
-            name = task if len(variants) == 1 else f"{task} ({v})"
-            for col, metric, scale in ((1, "exact_match", 100.0), (2, "chrf", 1.0)):
-                fig.add_trace(
-                    go.Scatter(
-                        x=g["layer"], y=g[metric] * scale, mode="lines+markers", name=name,
-                        legendgroup=name, showlegend=col == 1, line={"color": color, "dash": dash.get(v, "solid")},
-                        hovertemplate=f"{name}<br>layer %{{x}}<br>{metric} %{{y:.1f}}<extra></extra>",
-                    ),
-                    row=1, col=col,
-                )
+    _score_curves(fig, s, tasks, variants)
     for col in (1, 2):
         fig.update_xaxes(title_text=f"encoder layer (0 = embeddings, {L} = encoder output)", dtick=1, row=1, col=col)
     fig.update_yaxes(title_text="exact match (%)", range=[-3, 103], row=1, col=1)
     fig.update_yaxes(title_text="chrF", range=[-3, 103], row=1, col=2)
-
-    k = int(params.get("examples_per_task_in_table", 1))
-    ex = table.groupby("task", sort=False)["example"].apply(lambda e: sorted(e.unique())[:k])
-    pick = [i for task in tasks for i in ex[task]]
-    t = table[table["example"].isin(pick)].copy()
-    t["order"] = t["example"].map({e: n for n, e in enumerate(pick)})
-    t = t.sort_values(["order", "layer", "variant"])
-    fig.add_trace(
-        go.Table(
-            columnwidth=[60, 160, 40, 70, 160, 40, 40],
-            header={"values": ["task", "source", "layer", "variant", "output", "EM", "chrF"], "align": "left"},
-            cells={
-                "values": [
-                    t["task"], t["source"], t["layer"], t["variant"], t["output"],
-                    t["exact_match"].map(lambda x: "" if pd.isna(x) else ("✓" if x else "✗")),
-                    t["chrf"].map(lambda x: "" if pd.isna(x) else f"{x:.0f}"),
-                ],
-                "align": "left",
-            },
-        ),
-        row=2, col=1,
-    )
-    nv = ", ".join(variants)
+    fig.add_trace(_output_table(table, tasks, int(params.get("examples_per_task_in_table", 1))), row=2, col=1)
     fig.update_layout(
-        height=900, title=f"DecoderLens: decoder reading encoder layer l (intermediate states: {nv})",
+        height=900, title=f"DecoderLens: decoder reading encoder layer l (intermediate states: {', '.join(variants)})",
         legend={"title": "task"},
     )
     return fig

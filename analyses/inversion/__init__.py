@@ -1,10 +1,15 @@
 """inversion: how much text does a sentence embedding (or a layer's mean-pooled state) leak?
 
-Zero-shot inversion by adversarial decoding (ZSInvert, arXiv 2504.00147): see :mod:`.search`.
-The run's ``model`` is the **embedder** (an encoder such as minilm-l6); the proposer is a separate
-causal LM (``proposer`` parameter, default smollm2-135m). Inputs:
+Zero-shot inversion by adversarial decoding (ZSInvert, arXiv 2504.00147; docs/methods.md,
+"Embedding inversion"): see :mod:`.search`. The run's ``model`` is the **embedder** (an encoder
+such as minilm-l6); the proposer is a separate causal LM (``proposer`` parameter, default
+smollm2-135m). Inputs:
 
-- a text dataset: each text is embedded by the embedder (a demonstration: we know the answer), or
+- a text dataset: each text's target vector comes from the activation store (:mod:`.targets`:
+  ``ctx.activations(["sentence_embedding"])``, or the residual hooks + ``mean_pooled`` for layer
+  targets, at the Embedder's ``max_length``), so a repeated run extracts nothing (a demonstration:
+  we know the answer); candidates are embedded by :func:`workbench.hooked.embed_texts` (the
+  :class:`.search.Embedder`), the same way;
 - a vectors file (``--vectors``, an audit): each row is a target; its dimension must match the
   embedder's and, when the embedder normalises, its norms must be ~1. The CLI refuses ``--model``
   together with ``--vectors``, so then the embedder is the ``embedder`` parameter
@@ -14,12 +19,27 @@ causal LM (``proposer`` parameter, default smollm2-135m). Inputs:
 inverts the mean-pooled hidden state of those layers (0 = embedding output, l = after block l),
 with candidates pooled the same way, to see how much text each layer leaks.
 
+Progress (:mod:`.progress`): after every search step the run calls ``ctx.progress(done, total,
+message)`` for the bar and, when the context has a ``step`` method, ``ctx.step(record)`` with a plain
+dict whose keys are
+
+- ``item`` (0-based index of this inversion in the run, layer-major), ``n_items`` (targets x layers),
+  ``target`` (row of the dataset / vectors: the table's ``item``), ``layer`` (-1 = sentence
+  embedding, l >= 0 = mean-pooled hidden state l);
+- ``stage`` (1-based), ``n_stages``, ``step`` (1-based within the stage), ``total_steps`` (budget of
+  the stage);
+- ``best_text``, ``best_cosine`` (best so far over the item's stages), ``stage_best_text``,
+  ``stage_best_cosine``, ``n_candidates`` (texts scored at this step);
+- ``done``, ``total`` (proposer steps of the whole run, as given to ``ctx.progress``).
+
 Table: one row per (item, layer): target (if known), reconstruction, cosine, token_f1, bleu,
 exact_match, leakage (+ n_sensitive, leaked), steps, seconds, layer, stage cosines.
 Metric definitions: :mod:`.metrics`.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -30,9 +50,10 @@ from workbench.errors import WorkbenchError
 from workbench.results import Result
 
 from . import results_tables
-
 from .metrics import text_metrics
-from .search import REFINE_PROMPT, STAGE1_PROMPT, Embedder, Proposer, SearchConfig, invert
+from .progress import RECORD_KEYS, StepReporter  # noqa: F401
+from .search import REFINE_PROMPT, STAGE1_PROMPT, Embedder, InversionResult, Proposer, SearchConfig, invert
+from .targets import context_targets
 
 #: max |‖v‖ - 1| accepted for vectors that a normalising embedder should have produced
 NORM_TOLERANCE = 0.02
@@ -136,81 +157,92 @@ def _config(params: dict, seed: int) -> SearchConfig:
         prompt=str(params["prompt"]), refine_prompt=str(params["refine_prompt"]), seed=seed)
 
 
-def run(ctx: RunContext, proposer_model=None, step_callback=None):
-    """``step_callback(item, n_items, layer, StepInfo)`` gets every step (the page's live view)."""
+def _embedder_model(ctx: RunContext):
+    """The embedder: the run's model, or (CLI --vectors without --model) the 'embedder' parameter."""
     from workbench.models import load_model
 
-    p = ctx.params
-    # the CLI takes --vectors without --model: the embedder then comes from the 'embedder' parameter
-    model = ctx.model if ctx.model is not None else load_model(p.get("embedder") or "minilm-l6")
+    model = ctx.model if ctx.model is not None else load_model(ctx.params.get("embedder") or "minilm-l6")
     if model.kind != "encoder":
         raise WorkbenchError(f"The inversion model is the embedder; {model.name} is a {model.kind}. "
                              "Pick an encoder such as minilm-l6 (the proposer is the 'proposer' parameter).")
-    cfg = _config(p, ctx.seed)
-    cfg.check()
-    layers = parse_layers(p["layers"], model.n_layers)
-    max_items = int(p["max_items"]) if p.get("max_items") else None
+    return model
+
+
+def _targets(ctx: RunContext, model, layers: list, embedders: dict, max_items: int | None):
+    """(target texts or Nones, {layer: target vectors [n, D]}): vectors as given, or the texts' through the store."""
     if ctx.vectors is not None:
         if len(layers) != 1:
             raise WorkbenchError("A vectors file holds one kind of vector: give a single layer (or none for "
                                  "the sentence embedding) when inverting vectors.")
         vectors = ctx.vectors[:max_items] if max_items else ctx.vectors
-        check_vectors(vectors, Embedder(model, layers[0]), bool(p["check_norms"]))
-        targets: list[str | None] = [None] * len(vectors)
+        check_vectors(vectors, embedders[layers[0]], bool(ctx.params["check_norms"]))
+        return [None] * len(vectors), {layers[0]: vectors}
+    dataset = ctx.require_dataset().subset(max_items)
+    if ctx.model is not model:  # the embedder came from the parameter: the store reads it through the context
+        ctx = dataclasses.replace(ctx, model=model)
+    return list(dataset.texts), context_targets(ctx, dataset, layers, embedders[layers[0]].max_length)
+
+
+def _row(i: int, layer: int | None, text: str | None, res: InversionResult) -> dict:
+    row = {"item": i, "layer": -1 if layer is None else layer, "target": text,
+           "reconstruction": res.text, "cosine": res.cosine}
+    if text is not None:
+        row.update(text_metrics(text, res.text))
     else:
-        ds = ctx.require_dataset()
-        targets = list(ds.texts[:max_items] if max_items else ds.texts)
-        vectors = None
-    proposer = Proposer(proposer_model if proposer_model is not None else load_model(p["proposer"]))
-    rows = []
-    n_total = len(targets) * len(layers)
-    total_steps = n_total * (cfg.max_steps + (cfg.stages - 1) * (cfg.refine_steps or cfg.max_steps))
-    done_steps = 0
-    for li, layer in enumerate(layers):
-        embedder = Embedder(model, layer, batch_size=int(p["batch_size"]))
-        target_vecs = vectors if vectors is not None else embedder.encode(targets).numpy()
-        for i, (text, vec) in enumerate(zip(targets, target_vecs)):
-            item = li * len(targets) + i
+        row.update({"token_f1": np.nan, "bleu": np.nan, "exact_match": None, "leakage": np.nan,
+                    "n_sensitive": 0, "leaked": ""})
+    row.update({"steps": res.steps, "seconds": round(res.seconds, 2),
+                "stage_cosines": ", ".join(f"{c:.4f}" for c in res.stage_cosines),
+                "stage_texts": " ‖ ".join(res.stage_texts), "n_embedded": res.n_embedded})
+    return row
 
-            def on_step(info, item=item, layer=layer):
-                ctx.progress(min(done_steps + (info.step if info.stage == 1 else cfg.max_steps + info.step), total_steps),
-                             total_steps,
-                             f"item {item + 1}/{n_total} · layer {'output' if layer is None else layer} · stage "
-                             f"{info.stage} step {info.step}/{info.total_steps} · cos {info.best_cosine:.4f} · "
-                             f"{info.best_text}")
-                if step_callback is not None:
-                    step_callback(item, n_total, layer, info)
 
-            res = invert(vec, proposer, embedder, cfg, callback=on_step)
-            done_steps += cfg.max_steps + (cfg.stages - 1) * (cfg.refine_steps or cfg.max_steps)
-            row = {"item": i, "layer": -1 if layer is None else layer, "target": text,
-                   "reconstruction": res.text, "cosine": res.cosine}
-            if text is not None:
-                row.update(text_metrics(text, res.text))
-            else:
-                row.update({"token_f1": np.nan, "bleu": np.nan, "exact_match": None, "leakage": np.nan,
-                            "n_sensitive": 0, "leaked": ""})
-            row.update({"steps": res.steps, "seconds": round(res.seconds, 2),
-                        "stage_cosines": ", ".join(f"{c:.4f}" for c in res.stage_cosines),
-                        "stage_texts": " ‖ ".join(res.stage_texts), "n_embedded": res.n_embedded})
-            rows.append(row)
-    table = pd.DataFrame(rows)
-    if vectors is not None:
-        table["exact_match"] = table["exact_match"].astype("boolean")
-    summary = {"n_items": len(targets), "layers": [-1 if l is None else l for l in layers],
-               "embedder": model.name, "proposer": p["proposer"], "mode": "vectors" if vectors is not None else "texts"}
+def _summary(table: pd.DataFrame, n_items: int, layers: list, embedder: str, proposer: str, vectors: bool) -> dict:
+    summary = {"n_items": n_items, "layers": [-1 if l is None else l for l in layers],
+               "embedder": embedder, "proposer": proposer, "mode": "vectors" if vectors else "texts"}
+
+    def mean(column):
+        return None if column.isna().all() else float(column.mean())
+
     for layer, group in table.groupby("layer"):
         key = "output" if layer == -1 else f"layer_{layer}"
-        summary[key] = {"mean_cosine": float(group["cosine"].mean()),
-                        "mean_token_f1": None if group["token_f1"].isna().all() else float(group["token_f1"].mean()),
-                        "mean_bleu": None if group["bleu"].isna().all() else float(group["bleu"].mean()),
-                        "exact_match_rate": None if vectors is not None else float(group["exact_match"].mean()),
-                        "mean_leakage": None if group["leakage"].isna().all() else float(group["leakage"].mean())}
+        summary[key] = {"mean_cosine": float(group["cosine"].mean()), "mean_token_f1": mean(group["token_f1"]),
+                        "mean_bleu": mean(group["bleu"]),
+                        "exact_match_rate": None if vectors else float(group["exact_match"].mean()),
+                        "mean_leakage": mean(group["leakage"])}
     summary["layer_convention"] = "-1 = the embedder's sentence embedding; l >= 0 = mean-pooled hidden state l"
     summary["metrics"] = ("token_f1: vec2text token-set F1 with the project's regex word tokenizer (no nltk); "
                           "bleu: sacrebleu sentence_bleu 0-100; leakage: share of the target's sensitive strings "
                           "(names, numbers, e-mails, dates; project regex definition) found in the reconstruction")
-    return table, summary
+    return summary
+
+
+def run(ctx: RunContext, proposer_model=None, step_callback=None):
+    """Invert every target at every layer. Progress: ``ctx.progress`` and, if the context has one,
+    ``ctx.step(record)`` (keys in the module docstring); ``step_callback(item, n_items, layer, StepInfo)``
+    also gets every step."""
+    from workbench.models import load_model
+
+    p = ctx.params
+    model = _embedder_model(ctx)
+    cfg = _config(p, ctx.seed)
+    cfg.check()
+    layers = parse_layers(p["layers"], model.n_layers)
+    max_items = int(p["max_items"]) if p.get("max_items") else None
+    embedders = {layer: Embedder(model, layer, batch_size=int(p["batch_size"])) for layer in layers}
+    targets, vectors = _targets(ctx, model, layers, embedders, max_items)
+    proposer = Proposer(proposer_model if proposer_model is not None else load_model(p["proposer"]))
+    reporter = StepReporter(ctx, cfg, len(targets), len(layers), step_callback)
+    rows = []
+    for li, layer in enumerate(layers):
+        for i, (text, vec) in enumerate(zip(targets, vectors[layer])):
+            res = invert(vec, proposer, embedders[layer], cfg, callback=reporter.callback(li, i, layer))
+            reporter.item_done()
+            rows.append(_row(i, layer, text, res))
+    table = pd.DataFrame(rows)
+    if ctx.vectors is not None:
+        table["exact_match"] = table["exact_match"].astype("boolean")
+    return table, _summary(table, len(targets), layers, model.name, p["proposer"], ctx.vectors is not None)
 
 
 def figure(result: Result) -> go.Figure:

@@ -1,4 +1,4 @@
-"""Held-out evaluation of zero-shot inversion (issue 7 acceptance).
+"""Held-out evaluation of zero-shot inversion (docs/methods.md, "Embedding inversion").
 
 ``python -m analyses.inversion.evaluate select``  writes ``sample_data/inversion_eval.txt``: 20
 sentences drawn by a fixed seeded rule from the abstracts of ``sample_data/paper_abstracts.jsonl``
@@ -7,8 +7,8 @@ letter; keep sentences of 6..16 whitespace words, ASCII only, ending in ``.``; t
 ``random.Random(0).sample(pool, 20)`` and keep them in corpus order.
 
 ``python -m analyses.inversion.evaluate run --out /tmp/inv_eval.jsonl`` inverts each sentence's
-minilm-l6 embedding (proposer smollm2-135m, B = K = 10, 2 stages) and appends one JSON line per
-sentence (resumable), then prints the means.
+minilm-l6 embedding (read from the activation store; proposer smollm2-135m, B = K = 10, 2 stages)
+and appends one JSON line per sentence (resumable), then prints the means.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def main(argv=None) -> int:
 
     from .metrics import text_metrics
     from .search import Embedder, Proposer, SearchConfig, invert
+    from .targets import store_targets
 
     torch.set_num_threads(args.threads)
     sents = [s for s in EVAL_FILE.read_text(encoding="utf-8").splitlines() if s.strip()]
@@ -73,6 +74,7 @@ def main(argv=None) -> int:
     done = {json.loads(l)["target"] for l in out.read_text().splitlines()} if out.exists() else set()
     proposer = Proposer(load_model("smollm2-135m"))
     embedder = Embedder(load_model("minilm-l6"))
+    vectors = store_targets(embedder.model, sents, [None], embedder.max_length)[None]
     cfg = SearchConfig(beam_width=args.beam, top_k=args.topk, max_steps=args.steps,
                        refine_steps=args.refine_steps, stages=2)
     shard, n_shards = (int(x) for x in args.shard.split("/"))
@@ -82,8 +84,7 @@ def main(argv=None) -> int:
             done |= {json.loads(l)["target"] for l in out.read_text().splitlines()}
         if target in done or i % n_shards != shard:
             continue
-        vec = embedder.encode([target])[0].numpy()
-        res = invert(vec, proposer, embedder, cfg, callback=lambda s, i=i: print(
+        res = invert(vectors[i], proposer, embedder, cfg, callback=lambda s, i=i: print(
             f"[{i}] stage {s.stage} step {s.step}/{s.total_steps} cos {s.best_cosine:.4f} {s.best_text}",
             file=sys.stderr, flush=True))
         row = {"i": i, "target": target, "reconstruction": res.text, "cosine": res.cosine,

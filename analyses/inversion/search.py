@@ -20,11 +20,13 @@ Stage 2 restarts from an empty text with the prompt ``"write a sentence similar 
 Unlike the repo, which returns the final beam's best, we return the best text scored at *any* step
 of any stage (shorter prefixes are valid texts), so the reported cosine never decreases over steps.
 
-Embeddings: :class:`Embedder` wraps a :class:`~workbench.models.LoadedModel` encoder. ``layer=None``
-uses the model's own sentence embedding (``LoadedModel.pool``: mean pooling + normalisation for
-minilm-l6); ``layer=l`` the attention-masked mean over tokens of hidden state ``l`` (0 = embedding
-output), so target and candidates are always embedded the same way (the repo embeds the target
-without special tokens and candidates with them; we do not).
+Embeddings: :class:`Embedder` embeds the candidates through :func:`workbench.hooked.embed_texts`
+(the core's one path for new texts); ``layer=None`` uses the model's own sentence embedding
+(mean pooling + normalisation for minilm-l6), ``layer=l`` the attention-masked mean over tokens of
+hidden state ``l`` (0 = embedding output). Targets of known texts come from the activation store
+(:mod:`.targets`), which tokenises and pools the same way, so target and candidates are always
+embedded alike (the repo embeds the target without special tokens and candidates with them; we do
+not). See docs/methods.md, "Embedding inversion".
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ BANNED_SUBSTRINGS = ("\n", "\r", '"', "@", "\xa0", "“", "”", "\t")
 
 
 class Embedder:
-    """Embeds texts as the target was embedded: ``encode(texts) -> float32 [N, D]`` (torch).
+    """Embeds candidate texts as the targets are embedded: ``encode(texts) -> float32 [N, D]`` (torch).
 
     ``layer=None``: the model's sentence embedding (its pooling and normalisation); ``layer=l``:
     mean over real tokens of ``hidden_states[l]`` (0 = embeddings, l = after block l). Texts are
