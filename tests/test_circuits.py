@@ -1,8 +1,9 @@
-"""Unit tests of the circuits back-end: SAE, scoring, tasks, hooked head outputs, ablation.
+"""Unit tests of the circuits back-end: SAE, scoring, tasks, head outputs from the store, ablation.
 
 The SAE and the node/edge scores are checked against transcriptions of the official code
 (charlieoneill11/sae-circuits @10fd2e7: src/sae.py, src/train.py, src/node.py, src/edge.py,
-src/common_utils.py); head outputs against the closed form sum_h z_h W_O^h + b_O = attn_out.
+src/common_utils.py); head outputs read from the store against the closed form
+sum_h z_h W_O^h + b_O = attn_out (and, in test_circuits_induction.py, against a direct hooked forward).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -290,13 +292,14 @@ def test_csv_task(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# hooked access on a tiny random Llama (attention-only: intermediate_size 0)
+# head outputs from the store, ablation, find_circuit on a tiny random Llama (attention-only:
+# intermediate_size 0), loaded as every model is (workbench.models.load_model)
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_bridge(tmp_path_factory):
+def tiny_model(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from analyses.circuits.hooked import boot_bridge
+    from workbench.models import load_model
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=43, hidden_size=32, intermediate_size=0, num_hidden_layers=2,
@@ -307,19 +310,22 @@ def tiny_bridge(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         LlamaForCausalLM(cfg).save_pretrained(folder)
-    _word_tokenizer([f"w{i}" for i in range(40)]).save_pretrained(folder)
-    return boot_bridge(folder)
+        _word_tokenizer([f"w{i}" for i in range(40)]).save_pretrained(folder)
+        return load_model(str(folder), device="cpu", dtype="float32")
 
 
-def test_head_outputs_sum_to_attention_output(tiny_bridge):
-    from analyses.circuits.hooked import head_outputs
+def test_head_outputs_sum_to_attention_output(tiny_model, store):
+    from analyses.circuits.heads import read_head_outputs, store_reader
+    from analyses.circuits.tasks import Task
 
     seqs = [[1, 5, 6, 7, 8], [1, 9, 10], [1, 11, 12, 13]]
-    X = head_outputs(tiny_bridge, seqs, position="mean", batch_size=2)
-    assert X.shape == (3, 8, 32)
-    final = head_outputs(tiny_bridge, seqs, position="final")
+    task, read = Task("t", seqs, [], [[] for _ in seqs], "logprob"), store_reader(tiny_model, store)
+    X, hit = read_head_outputs(tiny_model, task, read, position="mean", batch_size=2)
+    assert X.shape == (3, 8, 32) and not hit
+    final, hit = read_head_outputs(tiny_model, task, read, position="final", batch_size=2)
+    assert hit  # the same prompts and hooks: the same store entry
     for i, s in enumerate(seqs):
-        _, cache = tiny_bridge.run_with_cache(torch.tensor([s]))
+        _, cache = tiny_model.bridge.run_with_cache(torch.tensor([s]))
         for l in range(2):
             attn_out = cache[f"blocks.{l}.hook_attn_out"][0]  # [T, d] = sum_h z_h W_O^h + b_O
             b_o = 0.0  # Llama's o_proj has no bias (the bridge exposes no b_O)
@@ -327,15 +333,16 @@ def test_head_outputs_sum_to_attention_output(tiny_bridge):
             torch.testing.assert_close(final[i, 4 * l:4 * l + 4].sum(0) + b_o, attn_out[-1], atol=1e-5, rtol=1e-4)
 
 
-def test_model_is_attention_only(tiny_bridge):
-    _, cache = tiny_bridge.run_with_cache(torch.tensor([[1, 5, 6, 7]]))
+def test_model_is_attention_only(tiny_model):
+    _, cache = tiny_model.bridge.run_with_cache(torch.tensor([[1, 5, 6, 7]]))
     assert cache["blocks.0.hook_mlp_out"].abs().max() == 0
 
 
-def test_ablation_zero_when_nothing_changes(tiny_bridge):
+def test_ablation_zero_when_nothing_changes(tiny_model):
     from analyses.circuits.ablation import ablation_effects
     from analyses.circuits.tasks import Task
 
+    tiny_bridge = tiny_model.bridge
     p = [[1, 5, 6, 7, 5, 6], [1, 9, 10, 11, 9, 10]]
     targets = [[(len(s) - 1, [s[2]], [s[3]])] for s in p]
     # patching from identical prompts changes nothing
@@ -362,24 +369,30 @@ def test_task_metric_closed_forms():
         pytest.approx(float(torch.log_softmax(logits[0][0].double(), 0)[1]))
 
 
-def test_find_circuit_parameter_errors(tiny_bridge):
+def test_find_circuit_parameter_errors(tiny_model):
     from analyses.circuits import find_circuit
 
     with pytest.raises(WorkbenchError, match="no parameter"):
-        find_circuit(tiny_bridge, tiny_bridge.tokenizer, task="induction", bogus=1)
+        find_circuit(tiny_model, task="induction", bogus=1)
     with pytest.raises(WorkbenchError, match="parameter task must be one of"):
-        find_circuit(tiny_bridge, tiny_bridge.tokenizer, task="nope", n_examples=6)
+        find_circuit(tiny_model, task="nope", n_examples=6)
     with pytest.raises(WorkbenchError, match="position"):
-        find_circuit(tiny_bridge, tiny_bridge.tokenizer, task="induction", position="first")
+        find_circuit(tiny_model, task="induction", position="first")
 
 
-def test_find_circuit_runs_on_tiny_model(tiny_bridge):
+def test_find_circuit_runs_on_tiny_model(tiny_model, store):
     from analyses.circuits import find_circuit
 
-    table, summary = find_circuit(tiny_bridge, tiny_bridge.tokenizer, model_name="tiny", task="induction",
-                                  n_examples=6, period=5, seeds=2, n_epochs=20, n_features=16)
+    params = dict(task="induction", n_examples=6, period=5, seeds=2, n_epochs=20, n_features=16)
+    table, summary = find_circuit(tiny_model, store=store, **params)
     assert len(table) == 8 and {"sae_score", "sae_score_sd", "ablation_effect", "in_ablation_circuit",
                                 "prev_token_score", "induction_score", "edge_score"} <= set(table.columns)
     np.testing.assert_allclose(table["sae_score"].sum(), 1.0)  # mean of softmaxes
     assert summary["ground_truth"] is None and summary["seeds"] == [0, 1]
     assert summary["runtimes_s"]["ablation"] > 0
+    # clean activations come from the store: a second run reads them back (both reads hits), same table
+    again, summary2 = find_circuit(tiny_model, store=store, **params)
+    hits = [(s["runtimes_s"]["sae_extraction_cache_hit"], s["runtimes_s"]["attention_scores_cache_hit"])
+            for s in (summary, summary2)]
+    assert hits == [(False, False), (True, True)]
+    pd.testing.assert_frame_equal(table, again)

@@ -54,11 +54,12 @@ def test_matching_by_name_and_architecture():
 
 
 def _gpt2_random(folder):
-    """GPT2Config() shape, random init, a WordLevel vocabulary with the IOI template words."""
+    """GPT2Config() shape, random init, a WordLevel vocabulary with the IOI template words, saved
+    (float16 on disk, half the bytes) and loaded as every model is (workbench.models.load_model)."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-    from transformer_lens.model_bridge import TransformerBridge
 
     from test_circuits import IOI_WORDS, _word_tokenizer
+    from workbench.models import load_model
 
     _word_tokenizer(IOI_WORDS + ["Michael", "David", "Daniel", "Ryan", "Adam", "Eric", "Paul", "Mark"]) \
         .save_pretrained(folder)
@@ -76,21 +77,18 @@ def _gpt2_random(folder):
             else:
                 p.normal_(0.0, 0.02, generator=gen)
     model.tie_weights()
-    model.eval()
-    cfg.save_pretrained(folder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bridge = TransformerBridge.boot_transformers(str(folder), hf_model=model, tokenizer=tok, device="cpu")
-        bridge.enable_compatibility_mode()
-    return bridge, tok, model
+        model.half().save_pretrained(folder)
+        return load_model(str(folder), device="cpu", dtype="float32")
 
 
-def test_gpt2_small_shaped_ground_truth_path(tmp_path):
+def test_gpt2_small_shaped_ground_truth_path(tmp_path, store):
     from analyses.circuits import find_circuit
 
-    bridge, tok, model = _gpt2_random(tmp_path)
-    table, summary = find_circuit(bridge, tok, model_name="random-gpt2-shape", hf_config=model.config, task="ioi",
-                                  n_examples=6, seeds=2, n_epochs=5, n_features=50, ablation="none")
+    model = _gpt2_random(tmp_path / "random-gpt2-shape")
+    table, summary = find_circuit(model, store=store, task="ioi", n_examples=6, seeds=2, n_epochs=5, n_features=50,
+                                  ablation="none")
     assert table.shape[0] == 144
     assert list(table["layer"][:13]) == [0] * 12 + [1] and list(table["head"][:13]) == list(range(12)) + [0]
     assert table["ground_truth"].sum() == 26 and bool(table.loc[9 * 12 + 9, "ground_truth"])
@@ -102,3 +100,5 @@ def test_gpt2_small_shaped_ground_truth_path(tmp_path):
     assert {"node_tpr_tnr_hmean_mean", "node_precision_mean", "node_recall_mean", "edge_roc_auc_mean"} <= set(block)
     np.testing.assert_allclose(table["sae_score"].sum(), 1.0)
     assert "vs_ablation" not in summary and summary["runtimes_s"]["ablation"] is None
+    assert summary["architecture"]["model_type"] == "gpt2"
+    assert summary["runtimes_s"]["sae_extraction_cache_hit"] is False

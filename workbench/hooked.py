@@ -4,18 +4,30 @@ Activations of a dataset come from the store (:mod:`workbench.store`). Everythin
 the store cannot hold in advance: patched or ablated runs, KV-cache generation, and candidate texts
 that only exist during a search. One place for batching and padding, hooks, ablation and patching,
 generation, and the embedding of texts, so that each is written once.
+
+Interventions work on any decoder-only TransformerBridge (``LoadedModel.bridge``) by TransformerLens
+hook name: :func:`run_batched` / :func:`forward_logits_at` (right-padded batches with forward hooks),
+:func:`collect` (clean activations of prompts the store does not hold), :func:`per_position_mean`,
+and the hooks :func:`mean_ablation_hook` and :func:`patch_hook` that replace one head of a per-head
+hook such as ``blocks.{l}.attn.hook_z``. :func:`repeated_random_tokens` and
+:func:`repeat_scores_table` are the standard attention-pattern diagnostics (previous-token,
+induction, duplicate-token, current-token) on ``[BOS] r r`` sequences.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .errors import WorkbenchError
 
 Hook = tuple[str, Callable]
+#: forward hooks for a batched run: one list for every batch, or a function of the batch's rows
+#: (a slice of the prompts) giving that batch's list (for hooks that read per-prompt data)
+BatchHooks = "Sequence[Hook] | Callable[[slice], Sequence[Hook]] | None"
 
 
 # ---- batching and padding ----------------------------------------------------------------------
@@ -88,3 +100,177 @@ def embed_texts(model, texts: list[str], layer: int | None = None, batch_size: i
 def embed_numpy(model, texts: list[str], **kwargs) -> np.ndarray:
     """:func:`embed_texts` as a numpy array."""
     return embed_texts(model, texts, **kwargs).numpy()
+
+
+# ---- batched forwards with hooks ---------------------------------------------------------------
+def model_shape(bridge) -> tuple[int, int, int]:
+    """(n_layers, n_heads per layer, d_model) of a TransformerBridge."""
+    cfg = bridge.cfg
+    return int(cfg.n_layers), int(cfg.n_heads), int(cfg.d_model)
+
+
+def block_hooks(name: str, n_layers: int) -> list[str]:
+    """``blocks.{l}.{name}`` for every layer, e.g. ``block_hooks("attn.hook_z", 4)``."""
+    return [f"blocks.{layer}.{name}" for layer in range(n_layers)]
+
+
+def _input_device(bridge) -> torch.device:
+    param = next(iter(bridge.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _hooks_for(hooks: BatchHooks, rows: slice) -> list[Hook]:
+    if hooks is None:
+        return []
+    return list(hooks(rows) if callable(hooks) else hooks)
+
+
+@torch.no_grad()
+def run_batched(bridge, seqs: list[list[int]], hooks: BatchHooks = None, batch_size: int = 32,
+                pad_id: int = 0) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+    """Forward token lists in right-padded batches with forward hooks; yields ``(rows, logits, lengths)``.
+
+    ``rows`` is the slice of ``seqs`` in the batch, ``logits`` ``[B, T, vocab]`` (as the bridge
+    returns them), ``lengths`` int64 ``[B]``. ``hooks`` are TransformerLens forward hooks
+    ``(name, fn(value, hook))``: a list used for every batch, or a function of ``rows`` returning
+    the batch's list. Positions ``>= lengths`` are padding (see :func:`pad_right`).
+    """
+    device = _input_device(bridge)
+    for rows in batches(len(seqs), batch_size):
+        ids, lengths = pad_right(seqs[rows], pad_id)
+        logits = bridge.run_with_hooks(ids.to(device), fwd_hooks=_hooks_for(hooks, rows))
+        yield rows, logits, lengths
+
+
+def forward_logits_at(bridge, seqs: list[list[int]], positions: list[list[int]], batch_size: int = 32,
+                      hooks: BatchHooks = None) -> list[torch.Tensor]:
+    """Logits at given positions of each prompt, with optional forward hooks: a list of float32
+    ``[len(positions[i]), vocab]`` on the CPU, one per prompt."""
+    if len(positions) != len(seqs):
+        raise WorkbenchError(f"{len(positions)} position lists for {len(seqs)} prompts: give one per prompt.")
+    out: list[torch.Tensor] = []
+    for rows, logits, _ in run_batched(bridge, seqs, hooks, batch_size):
+        for i, b in enumerate(range(rows.start, rows.stop)):
+            out.append(logits[i, positions[b]].float().cpu())
+    return out
+
+
+@torch.no_grad()
+def collect(bridge, seqs: list[list[int]], names: Iterable[str], batch_size: int = 32,
+            pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Activations of token-major hooks (``[B, T, ...]``: residuals, ``attn.hook_z``, ...) for prompts
+    the store does not hold: ``{name: float32 [N, T_max, ...]}`` on the CPU, zero at positions past
+    each prompt's length. (Attention patterns are ``[B, H, T, T]``: read them from the store.)"""
+    names = list(dict.fromkeys(names))
+    if any(n.endswith("hook_pattern") for n in names):
+        raise WorkbenchError("collect() takes token-major hooks; read attention patterns from the store.")
+    wanted = set(names)
+    t_max = max(len(s) for s in seqs) if seqs else 0
+    chunks: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    device = _input_device(bridge)
+    for rows in batches(len(seqs), batch_size):
+        ids, lengths = pad_right(seqs[rows], pad_id)
+        _, cache = bridge.run_with_cache(ids.to(device), names_filter=lambda n: n in wanted)
+        mask = torch.arange(t_max)[None, :] < lengths[:, None]  # [B, T_max]
+        for n in names:
+            value = cache[n].float().cpu()
+            pad = [0, 0] * (value.dim() - 2) + [0, t_max - value.shape[1]]
+            value = torch.nn.functional.pad(value, pad)
+            chunks[n].append(value * mask.reshape(mask.shape + (1,) * (value.dim() - 2)).to(value.dtype))
+    return {n: torch.cat(v) for n, v in chunks.items()}
+
+
+def per_position_mean(acts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Mean over prompts at each position, over the prompts long enough: ``[B, T, ...] -> [T, ...]``."""
+    mask = (torch.arange(acts.shape[1])[None, :] < lengths[:, None]).to(acts.dtype)  # [B, T]
+    mask = mask.reshape(mask.shape + (1,) * (acts.dim() - 2))
+    return (acts * mask).sum(0) / mask.sum(0).clamp(min=1)
+
+
+# ---- ablation and patching hooks ---------------------------------------------------------------
+def mean_ablation_hook(head: int, means: torch.Tensor) -> Callable:
+    """A forward hook for a per-head hook (``[B, T, H, ...]``, e.g. ``attn.hook_z``) that replaces head
+    ``head`` at every position ``t`` by ``means[t, head]`` (``means`` ``[T_max, H, ...]``, e.g. from
+    :func:`per_position_mean`): mean ablation."""
+    def hook(value, hook=None):
+        value[:, :, head] = means[: value.shape[1], head].to(value.device, value.dtype)
+        return value
+    return hook
+
+
+def patch_hook(head: int, source: torch.Tensor, rows: slice) -> Callable:
+    """A forward hook for a per-head hook that replaces head ``head`` of the batch's prompts by its
+    value on other prompts: ``source[rows, t, head]`` (``source`` ``[N, T_max, H, ...]``, e.g. from
+    :func:`collect` on the paired corrupted prompts; ``rows`` the batch's slice: pass
+    ``hooks=lambda rows: [(name, patch_hook(h, source, rows))]`` to :func:`run_batched`)."""
+    def hook(value, hook=None):
+        value[:, :, head] = source[rows, : value.shape[1], head].to(value.device, value.dtype)
+        return value
+    return hook
+
+
+# ---- repeated random tokens: attention-pattern diagnostics -------------------------------------
+#: the scores of :func:`repeat_pattern_scores`, in its order
+REPEAT_SCORES = ("prev_token_score", "induction_score", "duplicate_token_score", "current_token_score")
+
+
+def ordinary_token_ids(tokenizer, limit: int | None = None) -> list[int]:
+    """Token ids that are not special tokens, among the first ``limit`` (all when None)."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    vocab = len(tokenizer)
+    hi = vocab if limit is None else min(vocab, limit)
+    return [i for i in range(hi) if i not in special]
+
+
+def repeated_random_tokens(pool: Sequence[int], n: int, period: int, bos: int | None = None, seed: int = 0,
+                           chunk: int = 50) -> list[list[int]]:
+    """``n`` sequences ``[BOS] r r``, ``r`` = ``period`` tokens drawn uniformly from ``pool`` by a torch
+    generator seeded with ``seed``, ``chunk`` sequences per draw (a given seed and chunk always give
+    the same sequences). No BOS when ``bos`` is None."""
+    if period < 1 or not pool:
+        raise WorkbenchError("repeated sequences need period >= 1 and a non-empty token pool.")
+    ids = torch.tensor(list(pool))
+    gen = torch.Generator().manual_seed(int(seed))
+    head = [int(bos)] if bos is not None else []
+    out: list[list[int]] = []
+    while len(out) < n:
+        b = min(chunk, n - len(out))
+        r = ids[torch.randint(len(ids), (b, period), generator=gen)].tolist()
+        out.extend(head + row + row for row in r)
+    return out
+
+
+def repeat_pattern_scores(pattern: np.ndarray, period: int, offset: int = 1) -> np.ndarray:
+    """Scores of each head on one ``[prefix] r r`` sequence from its attention pattern ``[H, T, T]``
+    (query, key; ``offset`` prefix tokens, 1 for a BOS), float64 ``[H, 4]`` in the order of
+    :data:`REPEAT_SCORES`: mean attention from ``t`` to ``t - 1`` over ``t = 1 .. T-1``
+    (previous-token), to ``t - period + 1`` over the second copy (induction: the token after the
+    previous occurrence, Olsson et al. 2022), to ``t - period`` over the second copy (duplicate-token),
+    to ``t`` itself over ``t = 1 .. T-1`` (current-token)."""
+    p = np.asarray(pattern, dtype=np.float64)
+    t_all = np.arange(1, p.shape[-1])
+    t_rep = np.arange(offset + period, offset + 2 * period)
+    return np.stack([p[:, t_all, t_all - 1].mean(-1), p[:, t_rep, t_rep - period + 1].mean(-1),
+                     p[:, t_rep, t_rep - period].mean(-1), p[:, t_all, t_all].mean(-1)], axis=-1)
+
+
+def repeat_scores_table(pattern_of: Callable[[int, int], np.ndarray], n_texts: int, n_layers: int, period: int,
+                        offset: int = 1) -> pd.DataFrame:
+    """Mean :func:`repeat_pattern_scores` over ``n_texts`` sequences, one row per (layer, head).
+
+    ``pattern_of(layer, i)`` gives the pattern ``[H, T, T]`` of sequence ``i`` at ``layer`` (e.g.
+    ``CacheEntry.attention_pattern``)."""
+    sums = None
+    for layer in range(n_layers):
+        for i in range(n_texts):
+            scores = repeat_pattern_scores(pattern_of(layer, i), period, offset)
+            if sums is None:
+                sums = np.zeros((n_layers,) + scores.shape)
+            sums[layer] += scores
+    means = sums / n_texts
+    n_heads = means.shape[1]
+    table = pd.DataFrame({"layer": np.repeat(np.arange(n_layers), n_heads),
+                          "head": np.tile(np.arange(n_heads), n_layers)})
+    for k, name in enumerate(REPEAT_SCORES):
+        table[name] = means[:, :, k].ravel()
+    return table

@@ -1,16 +1,19 @@
 """circuits: which attention heads form the circuit for a task (SAE circuit finding + ablation).
 
-The SAE method of O'Neill & Bui (arXiv 2405.12522, METHODS.md section 5) on any hooked decoder-only
-model, the ablation baseline it is checked against (one forward pass per head), published ground
-truths where the loaded model is the one they belong to (METHODS.md section 7), and attention-pattern
-scores for induction circuits. Modules:
+The SAE method of O'Neill & Bui (arXiv 2405.12522; docs/methods.md, "SAE circuits") on any hooked
+decoder-only model, the ablation baseline it is checked against (one forward pass per head),
+published ground truths where the loaded model is the one they belong to (docs/methods.md,
+"Ground-truth circuits"), and attention-pattern scores for induction circuits. A pure back-end:
+clean activations come from the activation store, forwards with interventions from
+:mod:`workbench.hooked`. Modules:
 
 - :mod:`.sae` the shared SAE with the official code's quirks; :mod:`.scoring` node / edge scores,
   ROC-AUC, the paper's "F1" (harmonic mean of TPR and TNR) and true precision / recall;
-- :mod:`.tasks` IOI, greater-than, docstring, induction and CSV tasks; :mod:`.hooked` per-head
-  outputs through TransformerBridge; :mod:`.ablation` the baseline; :mod:`.attention` previous-token /
-  induction scores; :mod:`.ground_truth` the shipped ground-truth files; :mod:`.pipeline`
-  :func:`find_circuit`, everything together.
+- :mod:`.tasks` IOI, greater-than, docstring, induction and CSV tasks; :mod:`.heads` per-head
+  outputs from the store; :mod:`.sae_method` the SAE trials; :mod:`.ablation` the baseline;
+  :mod:`.attention` previous-token / induction scores; :mod:`.ground_truth` the shipped
+  ground-truth files; :mod:`.report` the table and summary; :mod:`.pipeline` :func:`find_circuit`,
+  everything together.
 """
 
 from __future__ import annotations
@@ -20,29 +23,28 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.analysis import AnalysisSpec, RunContext, register
+from workbench.errors import WorkbenchError
 from workbench.results import Result
 
 from .attention import attention_scores
+from .heads import context_reader, store_reader
 from .pipeline import DEFAULTS, PARAMS, check_params, find_circuit
 from .sae import CircuitSAE, train_sae
 from .scoring import circuit_scores, edge_node_scores, node_scores, unique_cooccurrences
 from .tasks import Task, make_task
 
 __all__ = ["find_circuit", "attention_scores", "CircuitSAE", "train_sae", "circuit_scores", "node_scores",
-           "edge_node_scores", "unique_cooccurrences", "Task", "make_task", "run", "figure"]
+           "edge_node_scores", "unique_cooccurrences", "Task", "make_task", "store_reader", "context_reader", "run",
+           "figure"]
 
 
 def run(ctx: RunContext):
     model = ctx.require_model()
     if model.kind != "decoder" or model.bridge is None:
-        from workbench.errors import WorkbenchError
-
         raise WorkbenchError(f"circuits needs a decoder-only model (attention heads through TransformerBridge); "
                              f"{model.name} is a {model.kind}. Try smollm2-135m or attn-only-induction.")
     params = {k: v for k, v in ctx.params.items() if k in DEFAULTS}
-    return find_circuit(model.bridge, model.tokenizer, model_name=model.name,
-                        hf_config=getattr(model.hf_model, "config", None), seed=ctx.seed,
-                        progress=ctx.progress, **params)
+    return find_circuit(model, read=context_reader(ctx), seed=ctx.seed, progress=ctx.progress, **params)
 
 
 def _grid(table, column):

@@ -10,6 +10,10 @@ replaced by
 and ``effect = metric(clean) - metric(ablated)``, averaged over prompts (positive = the head helps).
 ``effect_norm = effect / (metric(clean positive) - metric(negative prompts))`` is the fraction of the
 task behaviour the head carries; the reference circuit is ``effect_norm >= threshold``.
+
+The forwards and hooks are the core's (:mod:`workbench.hooked`). The baseline collects its own
+means (or patch sources) in a forward pass that is part of its time, rather than reading them from
+the SAE path's store entry, so that its runtime never borrows the other method's extraction.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import numpy as np
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.hooked import (BatchHooks, block_hooks, collect, forward_logits_at, mean_ablation_hook, model_shape,
+                              pad_right, patch_hook, per_position_mean)
 
-from .hooked import collect_z, forward_logits_at, model_shape, pad_batch, per_position_mean
 from .tasks import Task
 
 
@@ -48,7 +53,8 @@ def task_metric(task: Task, logits_at: list[torch.Tensor]) -> np.ndarray:
     return values
 
 
-def _positions(task: Task) -> list[list[int]]:
+def target_positions(task: Task) -> list[list[int]]:
+    """The scored positions of each positive prompt."""
     return [[t[0] for t in targets] for targets in task.targets]
 
 
@@ -64,56 +70,60 @@ class AblationResult:
     cpu_seconds: float = float("nan")
 
 
-@torch.no_grad()
-def ablation_effects(bridge, task: Task, mode: str = "mean", n_examples: int | None = None,
-                     batch_size: int = 32, progress: Callable[[int, int], None] | None = None
-                     ) -> AblationResult:
-    """Per-head ablation effect on the task metric (one forward of the positive prompts per head)."""
+def _subtask(task: Task, mode: str, n_examples: int | None) -> Task:
     if mode not in {"mean", "patch"}:
         raise WorkbenchError(f"ablation must be 'mean', 'patch' or 'none', got {mode!r}")
     n = len(task.positive) if n_examples is None else min(int(n_examples), len(task.positive))
     if n < 1:
         raise WorkbenchError("The ablation baseline needs at least one positive prompt.")
-    pos, neg = task.positive[:n], task.negative[:n]
-    sub = Task(task.name, pos, neg, task.targets[:n], task.metric)
+    sub = Task(task.name, task.positive[:n], task.negative[:n], task.targets[:n], task.metric)
     if mode == "patch" and not sub.paired_same_length:
         raise WorkbenchError("ablation='patch' needs each negative prompt to have the same token length "
                              "as its positive prompt; use ablation='mean'.")
-    n_layers, n_heads, _ = model_shape(bridge)
-    positions = _positions(sub)
-    t0, c0 = time.time(), time.process_time()
-    # clean run, collecting z (for the means) -- counted in the baseline's time
-    z_pos = collect_z(bridge, pos, batch_size) if mode == "mean" else None
-    clean = task_metric(sub, forward_logits_at(bridge, pos, positions, batch_size)).mean()
-    negative = task_metric(sub, forward_logits_at(bridge, neg, positions, batch_size)).mean()
-    if mode == "mean":
-        _, lengths = pad_batch(pos)
-        replacement = {l: per_position_mean(z_pos[l], lengths) for l in range(n_layers)}  # [T, H, e]
-        del z_pos
-    else:
-        replacement = collect_z(bridge, neg, batch_size)  # [B, T, H, e]
-    effect = np.zeros(n_layers * n_heads)
-    current: dict = {}
-    total = n_layers * n_heads
-    for l in range(n_layers):
-        for h in range(n_heads):
-            def hook(z, hook=None, l=l, h=h):
-                sl = current["slice"]
-                T = z.shape[1]
-                if mode == "mean":
-                    z[:, :, h] = replacement[l][:T, h].to(z.dtype)
-                else:
-                    z[:, :, h] = replacement[l][sl, :T, h].to(z.dtype)
-                return z
+    return sub
 
-            logits = forward_logits_at(
-                bridge, pos, positions, batch_size, fwd_hooks=[(f"blocks.{l}.attn.hook_z", hook)],
-                on_batch=lambda sl: current.__setitem__("slice", sl))
-            effect[l * n_heads + h] = clean - task_metric(sub, logits).mean()
-            if progress:
-                progress(l * n_heads + h + 1, total)
+
+def _replacements(bridge, sub: Task, mode: str, names: list[str], batch_size: int) -> dict[str, torch.Tensor]:
+    """Per layer: the positives' per-position means ``[T, H, e]`` or the negatives' z ``[B, T, H, e]``."""
+    if mode == "patch":
+        return collect(bridge, sub.negative, names, batch_size)
+    z_pos = collect(bridge, sub.positive, names, batch_size)
+    _, lengths = pad_right(sub.positive)
+    return {name: per_position_mean(z_pos.pop(name), lengths) for name in names}
+
+
+def _head_hooks(mode: str, name: str, head: int, replacement: torch.Tensor) -> BatchHooks:
+    if mode == "mean":
+        return [(name, mean_ablation_hook(head, replacement))]
+    return lambda rows: [(name, patch_hook(head, replacement, rows))]
+
+
+@torch.no_grad()
+def ablation_effects(bridge, task: Task, mode: str = "mean", n_examples: int | None = None,
+                     batch_size: int = 32, progress: Callable[[int, int], None] | None = None
+                     ) -> AblationResult:
+    """Per-head ablation effect on the task metric (one forward of the positive prompts per head).
+
+    Its time counts the clean, negative and mean- (or patch-source-) collecting passes.
+    """
+    sub = _subtask(task, mode, n_examples)
+    n_layers, n_heads, _ = model_shape(bridge)
+    names = block_hooks("attn.hook_z", n_layers)
+    positions = target_positions(sub)
+    t0, c0 = time.time(), time.process_time()
+    replacement = _replacements(bridge, sub, mode, names, batch_size)
+    clean = task_metric(sub, forward_logits_at(bridge, sub.positive, positions, batch_size)).mean()
+    negative = task_metric(sub, forward_logits_at(bridge, sub.negative, positions, batch_size)).mean()
+    effect = np.zeros(n_layers * n_heads)
+    for index in range(n_layers * n_heads):
+        layer, head = divmod(index, n_heads)
+        hooks = _head_hooks(mode, names[layer], head, replacement[names[layer]])
+        logits = forward_logits_at(bridge, sub.positive, positions, batch_size, hooks=hooks)
+        effect[index] = clean - task_metric(sub, logits).mean()
+        if progress:
+            progress(index + 1, n_layers * n_heads)
     seconds, cpu_seconds = time.time() - t0, time.process_time() - c0
     gap = clean - negative
     norm = effect / gap if abs(gap) > 1e-12 else np.full_like(effect, np.nan)
     return AblationResult(effect, norm, float(clean), float(negative), seconds, mode,
-                          n_forwards=total + 3, cpu_seconds=cpu_seconds)
+                          n_forwards=n_layers * n_heads + 3, cpu_seconds=cpu_seconds)

@@ -1,8 +1,8 @@
 """Published ground-truth circuits, shipped as JSON in ``sample_data/circuits/ground_truth/``.
 
 Each file names a task, the model it belongs to (``names`` and/or an ``architecture`` signature) and
-the heads as ``[layer, head]`` pairs (METHODS.md section 7). A file applies when the task matches and
-either the loaded model's name matches one of ``names`` (case-insensitive, also the folder's last
+the heads as ``[layer, head]`` pairs (docs/methods.md, "Ground-truth circuits"). A file applies when
+the task matches and either the loaded model's name matches one of ``names`` (case-insensitive, also the folder's last
 part) or every key of ``architecture`` equals the loaded model's value (``model_type``,
 ``n_layers``, ``n_heads``, ``d_model``, ``attention_only``), unless the file says ``"match": "name"``.
 The shape must agree in every case.

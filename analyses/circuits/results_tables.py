@@ -10,6 +10,14 @@ def _pm(summary_block, key):
     return f"{fmt(summary_block[key + '_mean'])} ± {fmt(summary_block[key + '_sd'])}"
 
 
+def _runtime_cell(rt) -> str:
+    """SAE run / ablation run and their ratio; a run whose SAE activations came from a warm store
+    (no forward pass: not a like-for-like ratio) says so."""
+    warm = " (SAE activations from the store's cache)" if rt.get("sae_extraction_cache_hit") else ""
+    return (f"{fmt(rt['sae_run'], 1)} s / {fmt(rt['ablation'], 1)} s ({fmt(rt['ablation_over_sae'], 1)}× wall, "
+            f"{fmt(rt['cpu']['ablation_over_sae'], 1)}× CPU){warm}")
+
+
 def render_induction(results) -> str:
     rows = []
     for job, label in (("threshold-0.02", "effect > 0.02 of the gap"), ("threshold-0.05", "effect > 0.05 of the gap")):
@@ -21,8 +29,7 @@ def render_induction(results) -> str:
                      _pm(v, "edge_roc_auc") if "edge_roc_auc_mean" in v else "",
                      _pm(v, "node_tpr_tnr_hmean"),
                      f"{fmt(v['node_precision_mean'], 2)} / {fmt(v['node_recall_mean'], 2)}",
-                     f"{fmt(rt['sae_run'], 1)} s / {fmt(rt['ablation'], 1)} s ({fmt(rt['ablation_over_sae'], 1)}× wall, "
-                     f"{fmt(rt['cpu']['ablation_over_sae'], 1)}× CPU)"])
+                     _runtime_cell(rt)])
     s = results["threshold-0.02"].summary
     t = results["threshold-0.02"].table.set_index("label")
     top = t.sort_values("ablation_effect_norm", ascending=False).head(7)
@@ -46,7 +53,8 @@ def render_ioi(results) -> str:
     return "\n".join([
         f"`smollm2-135m` (30 × 9 heads) on IOI, {s['n_positive']} prompts a side, "
         f"{len(s['seeds'])} seed{'s' if len(s['seeds']) > 1 else ''}: "
-        f"Spearman correlation between SAE node scores and ablation effects **{fmt(s['spearman_sae_vs_ablation'], 2)}**; "
+        "Spearman correlation between SAE node scores and ablation effects "
+        f"**{fmt(s['spearman_sae_vs_ablation'], 2)}**; "
         f"SAE node ROC-AUC against the ablation-established circuit ({v['n_reference_heads']} heads above "
         f"{abl['circuit_threshold']} of the gap) {_pm(v, 'node_roc_auc')}. Clean metric {fmt(abl['clean_metric'], 2)}, "
         f"negative prompts {fmt(abl['negative_metric'], 2)}.", "",

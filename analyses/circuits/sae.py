@@ -1,7 +1,7 @@
 """The sparse autoencoder of O'Neill & Bui (arXiv 2405.12522), with the official code's quirks.
 
 Reference: ``charlieoneill11/sae-circuits`` @10fd2e7, ``src/sae.py`` and ``src/train.py``
-(METHODS.md section 5). One SAE is shared by all heads; it sees each (example, head) output vector
+(docs/methods.md, "SAE circuits"). One SAE is shared by all heads; it sees each (example, head) output vector
 ``x`` (d_model wide, the head's output in the residual basis averaged over positions) as one row.
 
 - ``f = ReLU(W_e (x - b_d) + b_e)``, ``x_hat = W_d f + b_d`` (tied pre-encoder / post-decoder bias).

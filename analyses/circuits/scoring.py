@@ -1,7 +1,7 @@
 """Node and edge scores from discrete SAE codes, and how to score a predicted circuit.
 
 Follows ``charlieoneill11/sae-circuits`` @10fd2e7 (``src/node.py``, ``src/edge.py``,
-``src/common_utils.py``; METHODS.md section 5):
+``src/common_utils.py``; docs/methods.md, "SAE circuits"):
 
 - node: ``U_h = |{c(e,h): e positive} minus {c(e,h): e negative}|``, then a softmax over all heads
   (flattened [n_layers, n_heads]); no threshold.

@@ -25,11 +25,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from workbench.errors import WorkbenchError
+from workbench.hooked import ordinary_token_ids
 
 TASKS = ("ioi", "greater_than", "docstring", "induction", "csv")
-#: SAE L1 coefficient per task (METHODS.md section 5: 0.02 for IOI and greater-than, 0.05 docstring)
+#: SAE L1 coefficient per task (docs/methods.md, "SAE circuits": 0.02 for IOI and greater-than, 0.05 docstring)
 DEFAULT_LAMBDA = {"ioi": 0.02, "greater_than": 0.02, "docstring": 0.05, "induction": 0.02, "csv": 0.02}
 
 
@@ -82,6 +84,37 @@ def _single_token_words(tokenizer, words: list[str], prefix: str = " ") -> list[
     return [w for w in words if single_token(tokenizer, prefix + w) is not None]
 
 
+def _usable_words(tokenizer, words: list[str], minimum: int, what: str) -> list[str]:
+    """The words that are single tokens (with a leading space); too few is an error naming the task."""
+    usable = _single_token_words(tokenizer, words)
+    if len(usable) < minimum:
+        raise WorkbenchError(f"{what} needs at least {minimum} {'names' if what == 'IOI' else 'argument names'} that "
+                             f"are single tokens (with a leading space) for this tokenizer; found {len(usable)} of "
+                             f"{len(words)}. Use another task or a CSV task.")
+    return usable
+
+
+#: one drawn prompt pair: (positive ids, negative ids, targets, positive text, negative text), or None
+Pair = "tuple[list[int], list[int], list[tuple[int, list[int], list[int]]], str, str] | None"
+
+
+def _draw_pairs(n: int, draw: Callable[[], Pair], failure: str) -> tuple[list, list, list, list, list]:
+    """Call ``draw`` until it has given ``n`` pairs (None: rejected, e.g. lengths differ), at most
+    ``50 n + 100`` times; returns (positives, negatives, targets, positive texts, negative texts)."""
+    pos, neg, targets, tp, tn = [], [], [], [], []
+    tries = 0
+    while len(pos) < n:
+        tries += 1
+        if tries > 50 * n + 100:
+            raise WorkbenchError(failure)
+        pair = draw()
+        if pair is None:
+            continue
+        for column, value in zip((pos, neg, targets, tp, tn), pair):
+            column.append(value)
+    return pos, neg, targets, tp, tn
+
+
 # ------------------------------------------------------------------------------------------------
 # IOI
 # ------------------------------------------------------------------------------------------------
@@ -126,19 +159,11 @@ def _fill(template: str, a: str, b: str, place: str, obj: str) -> str:
 
 
 def make_ioi(tokenizer, n: int, seed: int = 0, prepend_bos: bool = True) -> Task:
-    names = _single_token_words(tokenizer, IOI_NAMES)
-    if len(names) < 3:
-        raise WorkbenchError(
-            f"IOI needs at least 3 names that are single tokens (with a leading space) for this "
-            f"tokenizer; found {len(names)} of {len(IOI_NAMES)}. Use another task or a CSV task.")
+    names = _usable_words(tokenizer, IOI_NAMES, 3, "IOI")
     rng = random.Random(seed)
     templates = IOI_BABA_TEMPLATES + IOI_ABBA_TEMPLATES
-    pos, neg, targets, tp, tn = [], [], [], [], []
-    tries = 0
-    while len(pos) < n:
-        tries += 1
-        if tries > 50 * n + 100:
-            raise WorkbenchError("Could not build IOI prompt pairs of equal token length for this tokenizer.")
+
+    def draw() -> Pair:
         template = rng.choice(templates)
         io, s, c = rng.sample(names, 3)
         place, obj = rng.choice(IOI_PLACES), rng.choice(IOI_OBJECTS)
@@ -147,10 +172,12 @@ def make_ioi(tokenizer, n: int, seed: int = 0, prepend_bos: bool = True) -> Task
         text_n = _fill(template, c, s, place, obj).replace(s, io, 1)
         ids_p, ids_n = encode(tokenizer, text_p, prepend_bos), encode(tokenizer, text_n, prepend_bos)
         if len(ids_p) != len(ids_n):
-            continue
+            return None
         io_id, s_id = single_token(tokenizer, " " + io), single_token(tokenizer, " " + s)
-        pos.append(ids_p); neg.append(ids_n); tp.append(text_p); tn.append(text_n)
-        targets.append([(len(ids_p) - 1, [io_id], [s_id])])
+        return ids_p, ids_n, [(len(ids_p) - 1, [io_id], [s_id])], text_p, text_n
+
+    pos, neg, targets, tp, tn = _draw_pairs(
+        n, draw, "Could not build IOI prompt pairs of equal token length for this tokenizer.")
     return Task("ioi", pos, neg, targets, "logit_diff",
                 "Indirect object identification: logit(IO) - logit(S) at the last position.", tp, tn,
                 [f"{len(names)} single-token names"])
@@ -179,13 +206,10 @@ def make_greater_than(tokenizer, n: int, seed: int = 0, prepend_bos: bool = True
             "greater_than needs a tokenizer with a single token for every two-digit number 00..99 "
             "(GPT-2 style); this tokenizer splits some of them. Use another task or a CSV task.")
     rng = random.Random(seed)
-    pos, neg, targets, tp, tn = [], [], [], [], []
     yy = 2
-    tries = 0
-    while len(pos) < n:
-        tries += 1
-        if tries > 50 * n + 100:
-            raise WorkbenchError("Could not build greater-than prompts: years do not split as ' XX' + 'YY'.")
+
+    def draw() -> Pair:
+        nonlocal yy
         xx = rng.randint(12, 19)
         noun = rng.choice(GT_NOUNS)
         text_p = f"The {noun} lasted from the year {xx}{yy:02d} to the year {xx}"
@@ -193,14 +217,15 @@ def make_greater_than(tokenizer, n: int, seed: int = 0, prepend_bos: bool = True
         ids_p, ids_n = encode(tokenizer, text_p, prepend_bos), encode(tokenizer, text_n, prepend_bos)
         year_ok = tokenizer(f" {xx}{yy:02d}", add_special_tokens=False)["input_ids"] == \
             [single_token(tokenizer, f" {xx}"), yy_ids[yy]]
+        this, yy = yy, yy + 1 if yy < 98 else 2  # balanced over YY = 02..98, as the official generator
         if not year_ok or len(ids_p) != len(ids_n):
-            yy = yy + 1 if yy < 98 else 2
-            continue
-        correct = [yy_ids[k] for k in range(yy + 1, 100)]
-        wrong = [yy_ids[k] for k in range(0, yy + 1)]
-        pos.append(ids_p); neg.append(ids_n); tp.append(text_p); tn.append(text_n)
-        targets.append([(len(ids_p) - 1, correct, wrong)])
-        yy = yy + 1 if yy < 98 else 2  # balanced over YY = 02..98, as the official generator
+            return None
+        correct = [yy_ids[k] for k in range(this + 1, 100)]
+        wrong = [yy_ids[k] for k in range(0, this + 1)]
+        return ids_p, ids_n, [(len(ids_p) - 1, correct, wrong)], text_p, text_n
+
+    pos, neg, targets, tp, tn = _draw_pairs(
+        n, draw, "Could not build greater-than prompts: years do not split as ' XX' + 'YY'.")
     return Task("greater_than", pos, neg, targets, "prob_diff",
                 "Greater-than: P(YY' > YY) - P(YY' <= YY) at the last position.", tp, tn)
 
@@ -233,19 +258,11 @@ def _docstring_text(fn: str, def_args: list[str], doc_args: list[str], desc: lis
 
 
 def make_docstring(tokenizer, n: int, seed: int = 0, prepend_bos: bool = True) -> Task:
-    names = _single_token_words(tokenizer, DS_ARG_NAMES)
-    if len(names) < 16:
-        raise WorkbenchError(
-            f"docstring needs at least 16 argument names that are single tokens for this tokenizer; "
-            f"found {len(names)}. Use another task or a CSV task.")
+    names = _usable_words(tokenizer, DS_ARG_NAMES, 16, "docstring")
     words = DS_WORDS
     rng = random.Random(seed)
-    pos, neg, targets, tp, tn = [], [], [], [], []
-    tries = 0
-    while len(pos) < n:
-        tries += 1
-        if tries > 50 * n + 100:
-            raise WorkbenchError("Could not build docstring prompt pairs of equal token length.")
+
+    def draw() -> Pair:
         # 2 prefix args, 3 matching args, 1 suffix arg; the docstring documents the first 2 matching
         args = rng.sample(names, 6)
         fn = rng.choice(DS_FUNCS)
@@ -257,11 +274,12 @@ def make_docstring(tokenizer, n: int, seed: int = 0, prepend_bos: bool = True) -
         text_n = _docstring_text(fn, fresh[:6], fresh[6:8], desc, arg_desc)
         ids_p, ids_n = encode(tokenizer, text_p, prepend_bos), encode(tokenizer, text_n, prepend_bos)
         if len(ids_p) != len(ids_n):
-            continue
+            return None
         correct = [single_token(tokenizer, " " + matching[2])]
         wrong = [single_token(tokenizer, " " + a) for a in args if a != matching[2]]
-        pos.append(ids_p); neg.append(ids_n); tp.append(text_p); tn.append(text_n)
-        targets.append([(len(ids_p) - 1, correct, wrong)])
+        return ids_p, ids_n, [(len(ids_p) - 1, correct, wrong)], text_p, text_n
+
+    pos, neg, targets, tp, tn = _draw_pairs(n, draw, "Could not build docstring prompt pairs of equal token length.")
     return Task("docstring", pos, neg, targets, "logit_diff",
                 "Docstring: logit(next argument) - mean logit(other argument names).", tp, tn)
 
@@ -269,13 +287,6 @@ def make_docstring(tokenizer, n: int, seed: int = 0, prepend_bos: bool = True) -
 # ------------------------------------------------------------------------------------------------
 # Induction
 # ------------------------------------------------------------------------------------------------
-def _plain_token_ids(tokenizer, limit: int | None = None) -> list[int]:
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    vocab = len(tokenizer)
-    hi = vocab if limit is None else min(vocab, limit)
-    return [i for i in range(hi) if i not in special]
-
-
 def make_induction(tokenizer, n: int, seed: int = 0, period: int = 50, prepend_bos: bool = True,
                    vocab_limit: int | None = 20000) -> Task:
     """``[BOS] r r`` (positive) and ``[BOS] r r'`` (negative), r, r' uniform over ordinary tokens.
@@ -285,7 +296,7 @@ def make_induction(tokenizer, n: int, seed: int = 0, period: int = 50, prepend_b
     """
     if period < 2:
         raise WorkbenchError(f"induction period must be >= 2, got {period}")
-    pool = _plain_token_ids(tokenizer, vocab_limit)
+    pool = ordinary_token_ids(tokenizer, vocab_limit)
     if len(pool) < 2 * period:
         raise WorkbenchError(f"induction needs at least {2 * period} ordinary tokens; the tokenizer has {len(pool)}.")
     rng = random.Random(seed)
