@@ -7,66 +7,72 @@ Per layer l = 0..L (0 = embeddings), over every stored token of the dataset:
   (how much one block changes the direction; NaN at layer 0);
 - ``top_pc_variance``: the share of variance on the first principal direction of the centred token
   vectors, σ₁²/Σσᵢ² (the SVD anisotropy of Razzhigaev et al.; the geometry analysis has it with
-  confidence intervals), from the exact scatter matrix accumulated in float64 shard by shard.
+  confidence intervals; docs/methods.md, "Anisotropy and intrinsic dimension").
 
-Streams the cache entry shard by shard: memory is one shard plus a D×D matrix.
+``top_pc_variance`` is :func:`workbench.stats.top_pc_share`: the streamed scatter matrix on its
+``precision="float32"`` path (float32 products of chunks of at most 8192 rows, summed in float64:
+about half the time of the float64 path, ~1e-6 relative), then only its top eigenvector (LAPACK
+``syevr`` with a subset, not the full eigendecomposition); the share is that direction's variance
+over the trace, both summed in float64 in a second O(N D) pass, which makes it exact to float64
+rounding (the Rayleigh quotient's error is second order in the float32 eigenvector's).
+
+Streams the cache entry shard by shard (``CacheEntry.layer_chunks``): memory is one shard plus a D×D
+matrix.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from analyses.geometry.spectrum import covariance_eigenvalues
 from workbench.analysis import AnalysisSpec, Param, RunContext, register
 from workbench.results import Result
-
-
-def _chunks(layers, entry, hooks, layer: int, keep):
-    """The layer's token vectors as float32 chunks (one per shard), first positions dropped if asked."""
-    if layers is not None:
-        yield np.asarray(layers[layer], dtype=np.float32)
-        return
-    start = 0
-    for _, arr in entry.iter_shards(hooks[layer]):
-        x = np.asarray(arr, dtype=np.float32)
-        if keep is not None:
-            x = x[keep[start:start + len(x)]]
-            start += len(arr)
-        yield x
+from workbench.stats import top_pc_share
 
 
 def layer_statistics(layers: list[np.ndarray] | None = None, entry=None, hooks: list[str] | None = None,
                      skip_first: bool = False) -> pd.DataFrame:
     """Per-layer statistics from in-memory arrays ``layers[l]: [n_tokens, D]`` or a cache entry.
 
-    Streams shard by shard: the spectrum is the geometry back-end's streamed float64 scatter matrix,
-    norms and cosines a second pass over the memory-mapped shards.
+    ``skip_first`` leaves out position 0 of every text of the entry (BOS / attention-sink "massive
+    activations"); in-memory arrays are used as given. Streams shard by shard: the spectrum from the
+    float32-product scatter matrix (see the module docstring), norms and cosines a further pass over
+    the memory-mapped shards.
     """
     n_layers = len(layers) if layers is not None else len(hooks)
-    # drop the first position of every text (BOS / attention-sink "massive activations")
-    keep = entry.position_ids() != 0 if (entry is not None and skip_first) else None
+
+    def chunks(layer: int):
+        if layers is not None:
+            return iter([np.asarray(layers[layer], dtype=np.float32)])
+        return entry.layer_chunks(hooks[layer], skip_first=skip_first)
+
     rows = []
+    prev_norms: list[np.ndarray] = []  # the previous layer's token norms, chunk by chunk
     for layer in range(n_layers):
-        eig = covariance_eigenvalues(_chunks(layers, entry, hooks, layer, keep))
+        share, _ = top_pc_share(partial(chunks, layer), precision="float32")
         norm_sum, cos_sum, count = 0.0, 0.0, 0
-        previous = _chunks(layers, entry, hooks, layer - 1, keep) if layer > 0 else None
-        for x in _chunks(layers, entry, hooks, layer, keep):
+        previous = chunks(layer - 1) if layer > 0 else None
+        layer_norms = []
+        for j, x in enumerate(chunks(layer)):
             norms = np.linalg.norm(x, axis=1)
+            layer_norms.append(norms)
             norm_sum += float(norms.sum())
             count += len(x)
             if previous is not None:
                 prev = next(previous)
-                denom = np.maximum(norms * np.linalg.norm(prev, axis=1), 1e-12)
+                denom = np.maximum(norms * prev_norms[j], 1e-12)
                 cos_sum += float(((x * prev).sum(1) / denom).sum())
+        prev_norms = layer_norms
         rows.append({
             "layer": layer,
             "depth": layer / max(n_layers - 1, 1),
             "mean_norm": norm_sum / count,
             "cos_prev": cos_sum / count if layer > 0 else np.nan,
-            "top_pc_variance": float(eig[0] / eig.sum()) if eig.sum() > 0 else np.nan,
+            "top_pc_variance": share,
             "n_tokens": count,
         })
     return pd.DataFrame(rows)
@@ -102,15 +108,11 @@ def figure(result: Result) -> go.Figure:
     return fig
 
 
+PARAMS = {"max_texts": Param(64, "use the first N texts of the dataset", min=1),
+          "max_length": Param(128, "tokens per text (longer texts are truncated)", min=1),
+          "skip_first": Param(False, "leave out the first position of each text (BOS / attention sink)")}
+
 register(AnalysisSpec(
-    name="layer_stats",
-    title="Layer statistics",
+    name="layer_stats", title="Layer statistics",
     question="How do the size and direction of the residual stream change from layer to layer?",
-    run=run,
-    figure=figure,
-    params={"max_texts": Param(64, "use the first N texts of the dataset", min=1),
-            "max_length": Param(128, "tokens per text (longer texts are truncated)", min=1),
-            "skip_first": Param(False, "leave out the first position of each text (BOS / attention sink)")},
-    inputs=("model",),
-    page="pages/1_Layer_stats.py",
-))
+    run=run, figure=figure, params=PARAMS, inputs=("model",), page="pages/1_Layer_stats.py"))

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from threadpoolctl import threadpool_limits
 
-    from analyses.geometry import mle, svd_anisotropy, twonn
+    from workbench.stats import mle, svd_anisotropy, twonn
 
     rows = []
     print(f"threads: torch {torch.get_num_threads()}, BLAS {args.threads}; load avg {os.getloadavg()[0]:.1f}")

@@ -30,7 +30,7 @@ with tab_curves:
         c3, c4 = st.columns(4), st.columns(4)
     params = ui.param_widgets("geometry", {
         "representation": dict(container=c[1], label="Representation", key="geo_rep"),
-        "exclude_first": dict(container=c[2], label="Exclude first position (BOS / [CLS])", key="geo_excl"),
+        "skip_first": dict(container=c[2], label="Exclude first position (BOS / [CLS])", key="geo_excl"),
         "max_texts": dict(container=c[3], label="Texts (first N, 0 = all)", key="geo_texts"),
         "max_points": dict(container=c2[0], label="kNN points (seeded subsample)", key="geo_pts", step=500),
         "n_boot": dict(container=c2[1], label="Bootstrap resamples", key="geo_boot"),
@@ -65,7 +65,7 @@ with tab_map:
         "color": dict(container=c[3], label="Colour by (blank = auto)", key="proj_color",
                       help="position, token, text_id, label, or any column of the dataset"),
         "max_points": dict(container=c2[0], label="Points shown (seeded subsample above)", key="proj_max", step=500),
-        "exclude_first": dict(container=c2[1], label="Exclude first position", key="proj_excl"),
+        "skip_first": dict(container=c2[1], label="Exclude first position", key="proj_excl"),
         "max_texts": dict(container=c2[2], label="Texts (first N, 0 = all)", key="proj_texts"),
         "umap_n_neighbors": dict(container=c2[3], label="UMAP neighbours", key="proj_nn"),
     })

@@ -103,7 +103,7 @@ def test_cli_vector_column_option(tmp_path, capsys):
 
 
 def test_id_estimators_are_scale_invariant_at_extreme_scales():
-    from analyses.geometry.intrinsic_dim import mle, twonn, twonn_microscope
+    from workbench.stats import mle, twonn, twonn_microscope
 
     rng = np.random.default_rng(0)
     X = (rng.normal(size=(1500, 5)) @ rng.normal(size=(5, 40))).astype(np.float32)

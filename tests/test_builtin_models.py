@@ -54,35 +54,50 @@ def test_minilm_sentence_embedding_equals_sentence_transformers(minilm, store):
     assert minilm.kind == "encoder" and minilm.n_layers == 6 and minilm.d_model == 384
 
 
-# ---- the KV-cache path (generation, the inversion proposer) on the real decoder ---------------
-@pytest.fixture(scope="module")
-def smollm_plain(smollm):
-    """The same weights loaded with plain transformers, never touched by TransformerBridge."""
+# ---- the KV-cache path (generation, the inversion proposer) on both real decoders -------------
+DECODERS = ["smollm2-135m", "gemma3-270m"]
+
+
+@pytest.fixture(scope="module", params=DECODERS)
+def decoder(request):
+    """Each built-in decoder, with the same weights loaded by plain transformers (never bridged)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(smollm.folder, dtype=torch.float32).eval()
+    model = load_model(request.param)
+    plain = AutoModelForCausalLM.from_pretrained(model.folder, dtype=torch.float32).eval()
+    return model, plain
 
 
-def _chat_ids(model, text="Write a sentence."):
-    ids = model.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                              return_tensors="pt", return_dict=True)["input_ids"]
-    return ids
+def _prompt_ids(model, text="Write a sentence."):
+    """The chat prompt of an instruct model; a plain text prompt of a base model (Gemma 3 270M)."""
+    if getattr(model.tokenizer, "chat_template", None):
+        return model.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                   return_tensors="pt", return_dict=True)["input_ids"]
+    return model.tokenizer("Once upon a time, in a small village,", return_tensors="pt")["input_ids"]
 
 
-def test_smollm2_load_check_covers_the_kv_cache_path(smollm):
-    report = smollm.load_report
+def test_gemma3_is_built_in_with_its_terms():
+    from workbench.models import list_models
+
+    row = next(r for r in list_models() if r["name"] == "gemma3-270m")
+    assert row["kind"] == "decoder" and "terms" in row["description"].lower() and row["terms"]
+
+
+def test_load_check_covers_the_kv_cache_path(decoder):
+    model, _ = decoder
+    report = model.load_report
     assert report["kv_cache_ok"] is True and report["kv_greedy_match"] is True
-    assert report["kv_step_max_abs_diff"] < 1e-4
+    assert report["kv_step_max_abs_diff"] < 1e-4 and report["logprob_max_abs_diff"] < 1e-3
 
 
-def test_smollm2_cached_step_equals_full_forward(smollm):
-    ids = torch.cat([_chat_ids(smollm), smollm.tokenizer(" The company has a new policy", return_tensors="pt",
-                                                        add_special_tokens=False)["input_ids"]], 1)
-    hf = smollm.hf_model
+def test_cached_step_equals_full_forward(decoder):
+    model, _ = decoder
+    ids = torch.cat([_prompt_ids(model), model.tokenizer(" The company has a new policy", return_tensors="pt",
+                                                         add_special_tokens=False)["input_ids"]], 1)
+    hf = model.hf_model
     with torch.no_grad():
         full = hf(input_ids=ids).logits[0]
-        first = hf(input_ids=ids[:, :-3], use_cache=True)
-        cache = first.past_key_values
+        cache = hf(input_ids=ids[:, :-3], use_cache=True).past_key_values
         for k in range(3, 0, -1):  # three cached steps, each against the full forward
             pos = ids.shape[1] - k
             step = hf(input_ids=ids[:, pos:pos + 1], past_key_values=cache, use_cache=True)
@@ -90,27 +105,41 @@ def test_smollm2_cached_step_equals_full_forward(smollm):
             assert float((step.logits[0, -1] - full[pos]).abs().max()) < 1e-4
 
 
-def test_smollm2_greedy_generate_equals_plain_transformers(smollm, smollm_plain):
-    ids = _chat_ids(smollm)
+def test_greedy_generate_equals_plain_transformers(decoder):
+    model, plain = decoder
+    ids = _prompt_ids(model)
     with torch.no_grad():
-        ours = smollm.hf_model.generate(ids, max_new_tokens=24, do_sample=False)
-        theirs = smollm_plain.generate(ids, max_new_tokens=24, do_sample=False)
+        ours = model.hf_model.generate(ids, max_new_tokens=24, do_sample=False)
+        theirs = plain.generate(ids, max_new_tokens=24, do_sample=False)
     assert ours.tolist() == theirs.tolist()
-    text = smollm.tokenizer.decode(ours[0, ids.shape[1]:], skip_special_tokens=True)
+    text = model.tokenizer.decode(ours[0, ids.shape[1]:], skip_special_tokens=True)
     assert "--" not in text and len(set(text.split())) > 8, text  # fluent, not "The-------"
 
 
-def test_smollm2_hooked_activations_equal_plain_hidden_states(smollm, smollm_plain):
-    ids = smollm.tokenizer("Sparse autoencoders find features in the residual stream.", return_tensors="pt")["input_ids"]
-    acts = smollm.run_hooks(ids, torch.ones_like(ids), smollm.resid_hooks())
+def test_hooked_activations_equal_plain_hidden_states(decoder):
+    model, plain = decoder
+    ids = model.tokenizer("Sparse autoencoders find features in the residual stream.", return_tensors="pt")["input_ids"]
+    acts = model.run_hooks(ids, torch.ones_like(ids), model.resid_hooks())
     with torch.no_grad():
-        out = smollm_plain(input_ids=ids, output_hidden_states=True)
-    for layer in range(smollm.n_layers):  # HF's last entry has the final norm applied
+        out = plain(input_ids=ids, output_hidden_states=True)
+    for layer in range(model.n_layers):  # HF's last entry has the final norm applied
         ref = out.hidden_states[layer][0]
         got = acts[resid_hook(layer)][0]
         assert float((got - ref).abs().max() / ref.abs().max()) < 1e-5, layer
     with torch.no_grad():
-        torch.testing.assert_close(smollm.bridge(ids), out.logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(model.bridge(ids), out.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_gemma3_store_and_logit_lens_last_layer(store):
+    """The store and the logit lens on the second architecture (262k vocabulary, Gemma norms)."""
+    from workbench.analysis import run_analysis
+
+    gemma = load_model("gemma3-270m")
+    assert gemma.n_layers == 18 and gemma.d_model == 640 and gemma.vocab_size == 262144
+    res = run_analysis("logit_lens", model="gemma3-270m", data="prompts", params={"max_texts": 2, "max_length": 16},
+                       store=store)
+    last = res.table[res.table["layer"] == res.table["layer"].max()]
+    assert last["kl"].max() < 1e-5 and last["rank"].max() == 1
 
 
 # ---- truncation keeps the tokenizer's special tokens -------------------------------------------

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analyses.geometry import mle, svd_anisotropy, twonn
+from workbench.stats import mle, svd_anisotropy, twonn
 from workbench.analysis import run_analysis
 from workbench.errors import WorkbenchError
 
@@ -87,9 +87,9 @@ def test_geometry_tiny_model_layers(tiny_llama, store):
     n_tok = res.summary["n_tokens"]
     assert (t[t["estimator"] == "svd"]["n_points"] == n_tok).all()
 
-    # exclude_first drops one position per text; mean_pooled gives one point per text
+    # skip_first drops one position per text; mean_pooled gives one point per text
     res2 = run_analysis("geometry", model=tiny_llama, data=ds, store=store,
-                        params={**params, "exclude_first": True, "estimators": "svd", "layers": "0,-1"})
+                        params={**params, "skip_first": True, "estimators": "svd", "layers": "0,-1"})
     assert list(res2.table["layer"]) == [0, L]
     assert (res2.table["n_points"] == n_tok - len(ds)).all()
     res3 = run_analysis("geometry", model=tiny_llama, data=ds, store=store,

@@ -1,4 +1,4 @@
-"""Geometry estimators (issue 4): reference implementations, closed forms, synthetic manifolds.
+"""Geometry estimators (workbench.stats): reference implementations, closed forms, synthetic manifolds.
 
 Reference packages are optional: scikit-dimension (``skdim``) and llm-microscope. llm-microscope's
 package ``__init__`` does ``from logit_lens import *`` (an absolute import that fails), so its
@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
-from analyses.geometry import (
+from workbench.stats import (
     cosine_anisotropy,
     cosine_anisotropy_details,
     covariance_eigenvalues,
@@ -34,7 +34,8 @@ N = 2000
 
 
 def gaussian_5d_in_768(n=N, seed=0):
-    """METHODS.md section 3 acceptance data: 5-d standard Gaussian times a Gaussian 5x768 map."""
+    """Acceptance data of docs/methods.md, "Anisotropy and intrinsic dimension": 5-d standard Gaussian
+    times a Gaussian 5x768 map."""
     rng = np.random.default_rng(seed)
     Z = rng.standard_normal((n, 5))
     A = rng.standard_normal((5, 768))
@@ -42,7 +43,8 @@ def gaussian_5d_in_768(n=N, seed=0):
 
 
 def cube_10_in_50(n=N, seed=0):
-    """Uniform [0,1]^10 padded with 40 zero columns (reproduces the METHODS.md table row)."""
+    """Uniform [0,1]^10 padded with 40 zero columns (reproduces the table row of docs/methods.md,
+    "Anisotropy and intrinsic dimension")."""
     rng = np.random.default_rng(seed)
     return np.hstack([rng.uniform(size=(n, 10)), np.zeros((n, 40))])
 
@@ -163,11 +165,12 @@ def test_knn_threshold_filter_any_block_size(block_rows):
 def test_gaussian_5d_in_768(gauss):
     value = twonn(gauss)
     assert 4.7 <= value <= 5.4
-    assert value == pytest.approx(5.083, abs=5e-4)  # METHODS.md table, same data generation
+    assert value == pytest.approx(5.083, abs=5e-4)  # docs/methods.md table, same data generation
 
 
 def test_cube_10_in_50_matches_table(cube):
-    """METHODS.md table row (seed 0, N=2000): TwoNN 8.20, LLM-Microscope 8.62, MLE 8.21 / 8.64."""
+    """Table row of docs/methods.md, "Anisotropy and intrinsic dimension" (seed 0, N=2000): TwoNN 8.20,
+    LLM-Microscope 8.62, MLE 8.21 / 8.64."""
     assert twonn(cube) == pytest.approx(8.20, abs=5e-3)
     assert twonn_microscope(cube) == pytest.approx(8.62, abs=5e-3)
     assert mle(cube) == pytest.approx(8.21, abs=5e-3)
@@ -185,7 +188,7 @@ def test_offset_changes_cosine_not_svd():
     assert a0 == pytest.approx((1 + np.sqrt(768 / 4096)) ** 2 / 768, rel=0.02)  # ~0.00267
     c0, c5 = cosine_anisotropy(G), cosine_anisotropy(G + 5.0)
     assert abs(c0) < 0.01
-    assert c5 == pytest.approx(25 / 26, abs=0.01)  # METHODS.md: 0.96
+    assert c5 == pytest.approx(25 / 26, abs=0.01)  # docs/methods.md: 0.96
     assert c5 > 0.95
 
 
@@ -288,3 +291,50 @@ def test_cosine_anisotropy_details():
     assert det.n_pairs_dropped_zero_norm > 0
     assert det.ci_low <= det.value <= det.ci_high
     assert det.value == cosine_anisotropy_details(Z, n_pairs=2000, seed=3).value  # seeded
+
+
+# ------------------------------------------------------------------ shared core helpers
+
+
+def test_parse_layers_serves_every_convention():
+    from workbench.stats import layer_request, parse_layers
+
+    for blank in ("", None, [], " "):
+        assert parse_layers(blank, 3) == [0, 1, 2, 3]
+    assert parse_layers("all", 3) == parse_layers(" ALL ", 3) == [0, 1, 2, 3]
+    assert parse_layers("0, 2,-1", 3) == [0, 2, 3] and parse_layers([3, -1, 1], 3) == [3, 1]
+    assert parse_layers(2, 3) == parse_layers(2.0, 3) == [2]
+    # the inversion convention: blank / negative = the sentence embedding (None)
+    assert parse_layers(None, 2, blank=[None], negative="as_none") == [None]
+    assert parse_layers("1,-1", 2, blank=[None], negative="as_none") == [1, None]
+    for bad, kw in ((5, {}), (-5, {}), (-1, {"negative": "error"}), ("1,x", {}), (True, {}), (2.5, {})):
+        with pytest.raises(WorkbenchError):
+            parse_layers(bad, 2, **kw)
+    assert layer_request("all") == "all" and layer_request("") == [] and layer_request("0,-1") == [0, -1]
+    with pytest.raises(ValueError):
+        layer_request("0;1")
+
+
+def test_l2_normalize_keeps_zero_rows_and_centres():
+    from workbench.stats import l2_normalize
+
+    X = np.array([[3.0, 4.0], [0.0, 0.0], [1e-100, 0.0]])
+    np.testing.assert_array_equal(l2_normalize(X), [[0.6, 0.8], [0.0, 0.0], [1.0, 0.0]])
+    Y = np.random.default_rng(0).standard_normal((5, 3, 4))
+    np.testing.assert_allclose(np.linalg.norm(l2_normalize(Y), axis=-1), 1.0, rtol=1e-15)
+    Z = np.array([[1.0, 1.0], [3.0, 1.0]])
+    np.testing.assert_array_equal(l2_normalize(Z, center_first=True), [[-1.0, 0.0], [1.0, 0.0]])
+
+
+def test_top_pc_share_float32_products_are_exact():
+    from workbench.stats import top_pc_share
+
+    rng = np.random.default_rng(10)
+    X = (rng.standard_normal((3000, 40)) * np.linspace(0.1, 3.0, 40) + 50.0).astype(np.float32)
+    ev = covariance_eigenvalues(X.astype(np.float64))
+    chunks = lambda: (X[i : i + 700] for i in range(0, len(X), 700))  # noqa: E731
+    share, n = top_pc_share(chunks, precision="float32")
+    assert n == 3000 and share == pytest.approx(ev[0] / ev.sum(), rel=1e-12)
+    one_axis = np.outer(rng.standard_normal(500), rng.standard_normal(8))
+    assert top_pc_share(lambda: [one_axis])[0] == pytest.approx(1.0, abs=1e-12)
+    assert np.isnan(top_pc_share(lambda: [np.ones((4, 3))])[0])

@@ -97,7 +97,7 @@ def test_normalizations():
 
 
 def test_clamp_changes_gaussian_value_as_documented():
-    # METHODS.md: 0.9986 (reference clamp) vs 0.9867 (no clamp) on 50 x 768 Gaussian data
+    # docs/methods.md, "Layer-wise quality": 0.9986 (reference clamp) vs 0.9867 (no clamp) on 50 x 768 Gaussian data
     Z = np.random.default_rng(0).standard_normal((50, 768))
     assert M.representation_entropy(Z) == pytest.approx(0.9867, abs=3e-3)
     assert M.representation_entropy(Z, clamp=True) == pytest.approx(0.9986, abs=3e-3)

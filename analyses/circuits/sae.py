@@ -86,7 +86,8 @@ def train_sae(x_train: torch.Tensor, *, n_features: int = 200, lam: float = 0.02
     ``dW_e = dpre^T (x - b_d)``, ``db_e = sum_r dpre``, ``db_d = sum_r g - sum_r dpre W_e``.
     """
     gen = torch.Generator().manual_seed(int(seed))
-    sae = CircuitSAE(x_train.shape[-1], n_features, generator=gen)
+    # initialised on the CPU (the same numbers on every device), trained where the activations are
+    sae = CircuitSAE(x_train.shape[-1], n_features, generator=gen).to(x_train.device)
     x = x_train.reshape(-1, x_train.shape[-1]).float()
     rows, d = x.shape
     opt = torch.optim.Adam(sae.parameters(), lr=lr)

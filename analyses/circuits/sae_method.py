@@ -56,14 +56,14 @@ class SAERun:
 
 
 def sae_trial(X: torch.Tensor, is_pos: np.ndarray, seed: int, p: dict, lam: float,
-              n_heads_per_layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float]:
+              n_heads_per_layer: int, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float]:
     """One trial: (node score, raw unique count, edge node score or None, final SAE loss)."""
     gen = torch.Generator().manual_seed(int(seed))
     perm = torch.randperm(X.shape[0], generator=gen)
-    train = X[perm[: int(p["n_sae_examples"])]]
+    train = X[perm[: int(p["n_sae_examples"])]].to(device)  # on a GPU model the SAE trains on its device
     sae, loss = train_sae(train, n_features=int(p["n_features"]), lam=lam, n_epochs=int(p["n_epochs"]),
                           lr=float(p["lr"]), seed=int(seed))
-    codes = sae.codes(X).numpy()  # [n_examples, n_heads_total]
+    codes = sae.codes(X.to(train.device)).cpu().numpy()  # [n_examples, n_heads_total]
     score, count = node_scores(codes, is_pos)
     edge = None
     if p["edges"]:
@@ -87,7 +87,7 @@ def run_sae_method(model, task: Task, read: Reader, p: dict, lam: float, seed: i
     for i, s in enumerate(run.seeds):
         say(i, len(run.seeds), f"SAE trial {i + 1}/{len(run.seeds)}")
         t1, c1 = time.time(), time.process_time()
-        score, count, edge, loss = sae_trial(X, is_pos, s, p, lam, n_heads)
+        score, count, edge, loss = sae_trial(X, is_pos, s, p, lam, n_heads, device=str(model.input_device))
         node.append(score); raw.append(count); run.losses.append(loss)
         if edge is not None:
             run.edge.append(edge)

@@ -8,12 +8,11 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench.analysis import Param, int_list
+from workbench.analysis import Param
 from workbench.errors import WorkbenchError
+from workbench.stats import check_array, layer_request, parse_layers, scatter_matrix, subsample_rows
 
-from ._common import as_matrix, subsample_rows
 from .layers import DEFAULT_ESTIMATORS, ESTIMATORS, geometry_table, parse_estimators
-from .spectrum import scatter_matrix
 
 REPRESENTATIONS = ("token", "mean_pooled")
 
@@ -23,7 +22,7 @@ def _check_estimators(spec) -> str:
 
 
 def _check_layer_list(spec: str) -> str:
-    int_list(spec)  # the range is checked against the model when it runs
+    layer_request(spec)  # the format only: the range is checked against the model when it runs
     return spec
 
 
@@ -32,12 +31,13 @@ GEOMETRY_PARAMS = {
                         check=_check_estimators, allowed="a comma-separated list of " + ", ".join(ESTIMATORS)),
     "representation": Param("token", "token: every token vector; mean_pooled: one mean vector per text",
                             choices=REPRESENTATIONS),
-    "exclude_first": Param(False, "leave out position 0 of every text (BOS / [CLS]; 'massive activations' "
-                           "dominate sigma_1)"),
+    "skip_first": Param(False, "leave out position 0 of every text (BOS / [CLS]; 'massive activations' "
+                        "dominate sigma_1)"),
     "max_texts": Param(64, "use the first N texts of the dataset (0 = all)", min=0),
     "max_length": Param(128, "tokens per text (longer texts are truncated)", min=1),
-    "layers": Param("", "comma-separated layer numbers, blank = all (0 = embeddings, -1 = last)",
-                    check=_check_layer_list, allowed="comma-separated layer numbers such as 0,3,-1, or blank for all"),
+    "layers": Param("", "comma-separated layer numbers, blank or 'all' = all (0 = embeddings, -1 = last)",
+                    check=_check_layer_list, allowed="comma-separated layer numbers such as 0,3,-1, or blank or "
+                    "'all' for all"),
     "max_points": Param(5000, "seeded subsample for the kNN estimators (TwoNN, MLE); the same points at every "
                         "layer (0 = all points)", min=0),
     "max_points_spectrum": Param(0, "seeded subsample for SVD anisotropy / PCA dimensions (0 = all points)", min=0),
@@ -57,7 +57,7 @@ PROJECTION_PARAMS = {
     "layer": Param(-1, "layer to map (0 = embeddings, -1 = last)", min=-1),
     "method": Param("pca", "pca or umap", choices=("pca", "umap")),
     "representation": Param("token", "token or mean_pooled", choices=REPRESENTATIONS),
-    "exclude_first": Param(False, "leave out position 0 of every text"),
+    "skip_first": Param(False, "leave out position 0 of every text"),
     "color": Param("", "column to colour by: position, token, text_id, label or any dataset column (blank: automatic)"),
     "max_texts": Param(64, "use the first N texts (0 = all)", min=0),
     "max_length": Param(128, "tokens per text", min=1),
@@ -71,22 +71,6 @@ PROJECTION_PARAMS = {
 # ---------------------------------------------------------------- representations of a model
 
 
-def _parse_layers(spec, n_layers: int) -> list[int]:
-    if spec in ("", None):
-        return list(range(n_layers + 1))
-    try:
-        vals = int_list(str(spec))
-    except ValueError as exc:
-        raise WorkbenchError(f"layers must be comma-separated integers, got {spec!r}.") from exc
-    out = []
-    for v in vals:
-        v = v + n_layers + 1 if v < 0 else v
-        if not 0 <= v <= n_layers:
-            raise WorkbenchError(f"Layer {v} out of range: this model has layers 0..{n_layers}.")
-        out.append(v)
-    return list(dict.fromkeys(out))
-
-
 def _entry(ctx):
     model = ctx.require_model()
     max_texts = int(ctx.params.get("max_texts") or 0)
@@ -96,14 +80,12 @@ def _entry(ctx):
     return model, dataset, entry
 
 
-def layer_matrix(entry, hook: str, representation: str, exclude_first: bool) -> np.ndarray:
-    """(N, D) float32 representations of one layer: all tokens or one mean per text."""
+def layer_matrix(entry, hook: str, representation: str, skip_first: bool) -> np.ndarray:
+    """(N, D) float32 representations of one layer: all tokens or one mean per text, position 0 of
+    every text left out with ``skip_first`` (the store's accessors do the reading)."""
     if representation == "mean_pooled":
-        return entry.mean_pooled(hook, skip_first=exclude_first)
-    X = entry.tokens(hook)
-    if exclude_first:
-        X = X[entry.position_ids() != 0]
-    return X
+        return entry.mean_pooled(hook, skip_first=skip_first)
+    return entry.layer(hook, skip_first=skip_first)
 
 
 def _estimator_kwargs(p: dict) -> dict:
@@ -121,25 +103,25 @@ def run_geometry(ctx):
               for k, v in _estimator_kwargs(p).items()}
     rep = p["representation"]
     if ctx.vectors is not None:
-        X = as_matrix(ctx.vectors, "vectors", min_rows=3)
+        X = check_array(ctx.vectors, "vectors", min_rows=3)
         table = geometry_table([X], model="vectors", estimators=est, seed=ctx.seed, progress=ctx.progress, **kwargs)
         summary = {"input": "vectors", "n_vectors": int(X.shape[0]), "dim": int(X.shape[1])}
-        rep = "vectors"  # rows used as given; representation / exclude_first do not apply
+        rep = "vectors"  # rows used as given; representation / skip_first do not apply
     else:
         model, dataset, entry = _entry(ctx)
         hooks = model.resid_hooks()
-        layer_ids = _parse_layers(p["layers"], model.n_layers)
-        excl = bool(p["exclude_first"])
-        loaders = [(lambda h=hooks[lid]: layer_matrix(entry, h, rep, excl)) for lid in layer_ids]
+        layer_ids = parse_layers(p["layers"], model.n_layers)
+        skip = bool(p["skip_first"])
+        loaders = [(lambda h=hooks[lid]: layer_matrix(entry, h, rep, skip)) for lid in layer_ids]
         table = geometry_table(loaders, n_layers=model.n_layers, layer_ids=layer_ids, model=model.name,
                                estimators=est, seed=ctx.seed, progress=ctx.progress, **kwargs)
-        n_tok = int(entry.n_tokens - (entry.n_texts if excl else 0))
+        n_tok = int(entry.n_tokens - (entry.n_texts if skip else 0))
         summary = {"input": "model", "model_kind": model.kind, "n_layers": model.n_layers,
                    "n_texts": int(entry.n_texts), "n_tokens": n_tok,
                    "layer_convention": "0 = embeddings; l = output of block l-1 (before the final norm)"}
     table.insert(3, "representation", rep)
     summary.update({
-        "representation": rep, "exclude_first": bool(p["exclude_first"]) and rep != "vectors",
+        "representation": rep, "skip_first": bool(p["skip_first"]) and rep != "vectors",
         "definitions": {name: ESTIMATORS[name][1] for name in est},
         "bootstrap": ("percentile intervals over points with the neighbour graph fixed (kNN estimators), "
                       "over pairs (cosine); normal interval from a row bootstrap (SVD); none for PCA"),
@@ -231,19 +213,19 @@ def _short(s, n=80) -> str:
 def run_projection(ctx):
     p = ctx.params
     method, rep = p["method"], p["representation"]
-    excl = bool(p["exclude_first"])
+    skip = bool(p["skip_first"])
     if ctx.vectors is not None:
-        X = as_matrix(ctx.vectors, "vectors", min_rows=3)
+        X = check_array(ctx.vectors, "vectors", min_rows=3)
         meta = pd.DataFrame({"index": np.arange(X.shape[0])})
         meta["hover"] = [f"vector #{i}" for i in range(X.shape[0])]
         layer, summary = None, {"input": "vectors"}
         default_color = "index"
-        rep, excl = "vectors", False
+        rep, skip = "vectors", False
     else:
         model, dataset, entry = _entry(ctx)
-        layer = _parse_layers(str(int(p["layer"])), model.n_layers)[0]
+        layer = parse_layers(int(p["layer"]), model.n_layers)[0]
         hook = model.resid_hooks()[layer]
-        X = layer_matrix(entry, hook, rep, excl)
+        X = layer_matrix(entry, hook, rep, skip)
         frame = dataset.frame.reset_index(drop=True)
         extra_cols = [c for c in frame.columns if c != dataset.text_column]
         if rep == "mean_pooled":
@@ -257,7 +239,7 @@ def run_projection(ctx):
             tid, pos = entry.text_ids(), entry.position_ids()
             toks = [s for i in range(entry.n_texts) for s in entry.token_strings(i)]
             meta = pd.DataFrame({"text_id": tid, "position": pos, "token": toks})
-            if excl:
+            if skip:
                 meta = meta[meta["position"] != 0].reset_index(drop=True)
             for c in extra_cols:
                 meta[c] = frame[c].to_numpy()[meta["text_id"].to_numpy()]
@@ -277,7 +259,7 @@ def run_projection(ctx):
     color = str(p["color"]) or default_color
     if color not in table.columns:
         raise WorkbenchError(f"Cannot colour by {color!r}; columns are {[c for c in table.columns if c not in ('x', 'y', 'hover')]}.")
-    summary.update({"method": method, "representation": rep, "exclude_first": excl, "color": color,
+    summary.update({"method": method, "representation": rep, "skip_first": skip, "color": color,
                     "n_total": int(n_total), "n_shown": int(len(table)), "downsampled": sub is not None})
     return table, summary
 

@@ -13,17 +13,20 @@ import pandas as pd
 
 from workbench.errors import WorkbenchError
 
-from ._common import as_matrix, subsample_rows, unique_rows
-from .anisotropy import cosine_anisotropy_details, svd_anisotropy_details
-from .intrinsic_dim import (
+from workbench.stats import (
+    check_array,
+    cosine_anisotropy_details,
+    covariance_eigenvalues,
+    knn_distances,
     mle_details,
     participation_ratio_details,
     pca_dimension_details,
+    subsample_rows,
+    svd_anisotropy_details,
     twonn_details,
     twonn_microscope_details,
+    unique_rows,
 )
-from .neighbors import knn_distances
-from .spectrum import covariance_eigenvalues
 
 #: estimator name -> (metric, definition shown in every output)
 ESTIMATORS = {
@@ -71,7 +74,7 @@ def layer_geometry_rows(
     kNN estimators run on a seeded subsample of ``max_points`` rows and share one neighbour search;
     SVD anisotropy and the PCA dimensions use ``max_points_spectrum`` rows (0 = all rows).
     """
-    X = as_matrix(X, min_rows=2)
+    X = check_array(X, min_rows=2)
     est = parse_estimators(list(estimators))
     rows = []
 

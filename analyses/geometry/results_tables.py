@@ -7,7 +7,7 @@ import numpy as np
 from workbench.reproduce import ReadmeTable, fmt, md_table
 
 _EST = "--set estimators=svd,cosine,twonn"
-_EXCL = "--set estimators=svd,cosine --set exclude_first=true"
+_SKIP = "--set estimators=svd,cosine --set skip_first=true"
 
 
 def _values(result):
@@ -15,14 +15,14 @@ def _values(result):
     return t.pivot_table(index="layer", columns="estimator", values="value", aggfunc="first"), t
 
 
-def _depth_rows(model: str, full, excl, n_layers: int, every_layer: bool):
+def _depth_rows(model: str, full, skip, n_layers: int, every_layer: bool):
     layers = list(full.index)
     if not every_layer:  # the layer nearest each tenth of the depth
         layers = list(dict.fromkeys(int(round(d * n_layers)) for d in np.linspace(0, 1, 11)))
     rows = []
     for i, layer in enumerate(layers):
         rows.append([model if i == 0 else "", fmt(layer / n_layers, 2), layer, fmt(full.loc[layer, "svd"]),
-                     fmt(excl.loc[layer, "svd"]), fmt(full.loc[layer, "cosine"]), fmt(excl.loc[layer, "cosine"]),
+                     fmt(skip.loc[layer, "svd"]), fmt(full.loc[layer, "cosine"]), fmt(skip.loc[layer, "cosine"]),
                      fmt(full.loc[layer, "twonn"], 2)])
     return rows
 
@@ -31,9 +31,9 @@ def render_geometry(results) -> str:
     rows, notes = [], []
     for model, every in (("smollm2-135m", False), ("minilm-l6", True)):
         full, t = _values(results[f"{model}"])
-        excl, _ = _values(results[f"{model}-first-left-out"])
+        skip, _ = _values(results[f"{model}-first-left-out"])
         n_layers = int(results[model].summary["n_layers"])
-        rows += _depth_rows(model, full, excl, n_layers, every)
+        rows += _depth_rows(model, full, skip, n_layers, every)
         dup = t[t["estimator"] == "twonn"].set_index("layer")["n_duplicates_removed"]
         notes.append(f"{model}: {results[model].summary['n_texts']} texts, {results[model].summary['n_tokens']} "
                      f"token vectors a layer; TwoNN on {int(t[t['estimator'] == 'twonn']['n_points'].max())} sampled "
@@ -46,7 +46,7 @@ def render_geometry(results) -> str:
 TABLES = (ReadmeTable(
     name="geometry", title="Anisotropy and intrinsic dimension per depth (smollm2-135m, minilm-l6)",
     jobs={"smollm2-135m": f"workbench run geometry --model smollm2-135m --data abstracts {_EST}",
-          "smollm2-135m-first-left-out": f"workbench run geometry --model smollm2-135m --data abstracts {_EXCL}",
+          "smollm2-135m-first-left-out": f"workbench run geometry --model smollm2-135m --data abstracts {_SKIP}",
           "minilm-l6": f"workbench run geometry --model minilm-l6 --data abstracts {_EST}",
-          "minilm-l6-first-left-out": f"workbench run geometry --model minilm-l6 --data abstracts {_EXCL}"},
+          "minilm-l6-first-left-out": f"workbench run geometry --model minilm-l6 --data abstracts {_SKIP}"},
     render=render_geometry, minutes=12),)

@@ -205,6 +205,7 @@ class Proposer:
         self.model = model
         self.hf = model.hf_model  # plain transformers: its KV-cache path is checked on every load
         self.tokenizer = model.tokenizer
+        self.device = self.hf.get_input_embeddings().weight.device
         vocab = int(self.hf.get_output_embeddings().weight.shape[0])
         self.banned = banned_token_mask(self.tokenizer, vocab)
 
@@ -222,19 +223,21 @@ class Proposer:
     @torch.inference_mode()
     def start(self, prompt: torch.Tensor):
         """Run the prompt once: (logits of the next token [1, V], cache of batch 1)."""
-        out = self.hf(input_ids=prompt, use_cache=True)
-        return out.logits[:, -1].float(), out.past_key_values
+        # the proposer runs on its model's device; the [B, V] logits come back to the CPU for the search
+        out = self.hf(input_ids=prompt.to(self.device), use_cache=True)
+        return out.logits[:, -1].float().cpu(), out.past_key_values
 
     @torch.inference_mode()
     def step(self, cache, new_tokens: torch.Tensor, beam_idx: torch.Tensor):
         """Select cache rows ``beam_idx`` (expanding the prompt cache on the first step), append
         ``new_tokens`` [B], and return (next logits [B, V], cache)."""
-        cache.reorder_cache(beam_idx)
+        cache.reorder_cache(beam_idx.to(self.device))
         past = cache.get_seq_length()
         B = new_tokens.shape[0]
-        attn = torch.ones(B, past + 1, dtype=torch.long)
-        out = self.hf(input_ids=new_tokens.view(B, 1), past_key_values=cache, attention_mask=attn, use_cache=True)
-        return out.logits[:, -1].float(), out.past_key_values
+        attn = torch.ones(B, past + 1, dtype=torch.long, device=self.device)
+        out = self.hf(input_ids=new_tokens.view(B, 1).to(self.device), past_key_values=cache, attention_mask=attn,
+                      use_cache=True)
+        return out.logits[:, -1].float().cpu(), out.past_key_values
 
 
 def _decode(tokenizer, ids: list[int]) -> str:

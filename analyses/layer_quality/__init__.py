@@ -1,11 +1,11 @@
-"""layer_quality (issue 5): which layer holds the best representations?
+"""layer_quality: which layer holds the best representations? (docs/methods.md, "Layer-wise quality")
 
 Per layer l = 0..L, the unsupervised metrics of Skean et al. 2025 ("Layer by Layer", arXiv
 2502.02013) beside two downstream scores, so one can see which metric tracks quality:
 
 - ``prompt_entropy``, ``dataset_entropy``: matrix-based alpha-Renyi entropy of the token / prompt
   vectors (centred, row-normalised, trace-normalised Gram matrix), normalised by default;
-- ``effective_rank`` (Roy & Vetterli) and ``twonn`` (intrinsic dimension, from the geometry back-end)
+- ``effective_rank`` (Roy & Vetterli) and ``twonn`` (intrinsic dimension, :func:`workbench.stats.twonn`)
   of the prompt vectors;
 - ``curvature`` of each prompt's token trajectory;
 - ``infonce`` / ``infonce_mi_lower_bound``, ``lidar``, ``dime`` over seeded text augmentations
@@ -57,7 +57,7 @@ DEFINITIONS = {
     "infonce_mi_lower_bound": "1 - infonce / log N",
     "lidar": "H_alpha of Sw^-1/2 Sb Sw^-1/2 over n_augmentations views per prompt (+ lidar_delta I)",
     "dime": "E_P[H(K_A o P K_B P^T)] - H(K_A o K_B), N x N Gram matrices of views 0 and 1",
-    "twonn": "TwoNN intrinsic dimension of the prompt vectors (analyses.geometry.twonn)",
+    "twonn": "TwoNN intrinsic dimension of the prompt vectors (workbench.stats.twonn)",
     "probe_accuracy": "k-fold cross-validated logistic-regression accuracy on mean-pooled states",
     "retrieval_mrr": "mean reciprocal rank of the true abstract for each title (cosine, per-set centred)",
 }
@@ -107,6 +107,10 @@ DEFAULTS = defaults_of(PARAMS)
 
 
 def _pooled(entry, hook: str, p: dict) -> np.ndarray:
+    """Prompt vectors [n_texts, D] of an entry, position 0 left out with ``skip_first``: the store's
+    ``mean_pooled`` for ``mean``; ``normalized_mean`` centres each text first (per text, so by hand)."""
+    if p["pooling"] == "mean":
+        return entry.mean_pooled(hook, skip_first=p["skip_first"])
     return np.stack([pool(Z, p["pooling"], p["skip_first"]) for _, Z in entry.iter_texts(hook)])
 
 

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from workbench.stats import l2_normalize, twonn
+
 from . import metrics as M
 
 #: metric columns, in table order (names used in tables, figures and summaries)
@@ -61,13 +63,6 @@ def pool(Z: np.ndarray, pooling: str = "mean", skip_first: bool = False) -> np.n
     if pooling == "normalized_mean":
         Z = M.normalize_rows(Z)
     return Z.mean(axis=0)
-
-
-def _twonn(X: np.ndarray) -> float:
-    # the geometry back-end owns TwoNN (scikit-dimension convention); no second implementation here
-    from analyses.geometry import twonn
-
-    return twonn(X)
 
 
 def layer_row(prompts: Iterable[np.ndarray] | None = None, pooled: np.ndarray | None = None,
@@ -119,12 +114,10 @@ def layer_row(prompts: Iterable[np.ndarray] | None = None, pooled: np.ndarray | 
                 row["effective_rank"] = M.effective_rank(pooled)
         if "twonn" in wanted:
             with timed(timings, "twonn"):
-                row["twonn"] = _twonn(pooled)
+                row["twonn"] = twonn(pooled)  # scikit-dimension convention, from the shared core
 
     if views is not None:
-        V = np.asarray(views, dtype=np.float64)
-        norms = np.linalg.norm(V, axis=-1, keepdims=True)
-        V = np.divide(V, norms, out=np.zeros_like(V), where=norms > 0)
+        V = l2_normalize(views)
         A, B = V[:, 0], V[:, 1]
         if wanted & {"infonce", "infonce_mi_lower_bound"}:
             with timed(timings, "infonce"):

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import WorkbenchError
+from workbench.stats import l2_normalize
 
 
 def topic_probe(X, labels, *, n_splits: int = 5, seed: int = 0, C: float = 1.0,
@@ -49,14 +50,6 @@ def topic_probe(X, labels, *, n_splits: int = 5, seed: int = 0, C: float = 1.0,
     return float(scores.mean()), float(scores.std())
 
 
-def _unit(X: np.ndarray, center: bool) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    if center:
-        X = X - X.mean(axis=0, keepdims=True)
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return np.divide(X, norms, out=np.zeros_like(X), where=norms > 0)
-
-
 def retrieval_scores(queries, documents, *, center: bool = True) -> tuple[float, float]:
     """recall@1 and mean reciprocal rank of retrieving document i for query i by cosine similarity.
 
@@ -67,7 +60,7 @@ def retrieval_scores(queries, documents, *, center: bool = True) -> tuple[float,
     Q, Dc = np.asarray(queries), np.asarray(documents)
     if Q.ndim != 2 or Q.shape != Dc.shape or Q.shape[0] < 2:
         raise WorkbenchError(f"retrieval needs two [N >= 2, D] arrays of matching pairs; got {Q.shape}, {Dc.shape}.")
-    S = _unit(Q, center) @ _unit(Dc, center).T
+    S = l2_normalize(Q, center_first=center) @ l2_normalize(Dc, center_first=center).T
     true = np.diag(S)
     rank = (S >= true[:, None]).sum(axis=1)  # counts the true document itself, so rank >= 1
     return float(np.mean(rank == 1)), float(np.mean(1.0 / rank))

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from workbench.errors import WorkbenchError
+from workbench.stats import check_array, l2_normalize
 
 #: entropy normalisations of the reference code (``entropy_normalization``)
 ENTROPY_NORMALIZATIONS = ("maxEntropy", "raw", "logN", "logD", "logNlogD")
@@ -35,17 +36,6 @@ CURVATURE_VARIANTS = ("paper", "abs_cos")
 # ------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------
-def _as_2d(X, name: str, min_rows: int = 1) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2:
-        raise WorkbenchError(f"{name} must be a 2-D array (rows x dimensions); got shape {X.shape}.")
-    if X.shape[0] < min_rows:
-        raise WorkbenchError(f"{name} needs at least {min_rows} rows; got {X.shape[0]}.")
-    if not np.all(np.isfinite(X)):
-        raise WorkbenchError(f"{name} contains NaN or infinite values; clean the input first.")
-    return X
-
-
 def _check_alpha(alpha: float) -> float:
     alpha = float(alpha)
     if not alpha > 0:
@@ -58,10 +48,7 @@ def normalize_rows(Z) -> np.ndarray:
 
     Z: [N, D] -> float64 [N, D]. Rows whose centred norm is 0 stay 0 (the reference would divide by 0).
     """
-    Z = np.asarray(Z, dtype=np.float64)
-    Z = Z - Z.mean(axis=0, keepdims=True)
-    norms = np.linalg.norm(Z, axis=1, keepdims=True)
-    return np.divide(Z, norms, out=np.zeros_like(Z), where=norms > 0)
+    return l2_normalize(Z, center_first=True)
 
 
 def entropy_normalization(entropy: float, normalization: str, N: int, D: int) -> float:
@@ -122,7 +109,7 @@ def representation_entropy(Z, alpha: float = 1.0, normalization: str = "maxEntro
     negative entries to 0, divide by the trace. The result is divided per ``normalization``
     (``maxEntropy``: by ``min(log N, log D)``, so 1 = every direction used equally).
     """
-    Z = _as_2d(Z, "Z")
+    Z = check_array(Z, "Z", dtype=np.float64)
     if preprocess:
         Z = normalize_rows(Z)
     N, D = Z.shape
@@ -162,7 +149,8 @@ def prompt_entropy(prompts: Iterable, alpha: float = 1.0, normalization: str = "
 def dataset_entropy(X, alpha: float = 1.0, normalization: str = "maxEntropy", *, clamp: bool = False) -> float:
     """Dataset entropy: :func:`representation_entropy` of the prompt vectors X [n_prompts, D]
     (mean-pooled token states, or any sentence embeddings)."""
-    return representation_entropy(_as_2d(X, "X", 2), alpha, normalization, preprocess=True, clamp=clamp)
+    X = check_array(X, "X", 2, dtype=np.float64)
+    return representation_entropy(X, alpha, normalization, preprocess=True, clamp=clamp)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -173,7 +161,7 @@ def effective_rank(X, *, preprocess: bool = True) -> float:
     singular values of X [N, D] (not squared: this is not ``exp`` of the entropy above, which uses
     ``s^2``). ``preprocess`` centres and row-normalises as for the entropies. Range [1, min(N, D)].
     """
-    X = _as_2d(X, "X", 1)
+    X = check_array(X, "X", 1, dtype=np.float64)
     if preprocess:
         X = normalize_rows(X)
     s = np.linalg.svd(X, compute_uv=False)
@@ -195,7 +183,7 @@ def curvature(Z, variant: str = "paper") -> float:
     """
     if variant not in CURVATURE_VARIANTS:
         raise WorkbenchError(f"curvature variant must be one of {CURVATURE_VARIANTS}; got {variant!r}.")
-    Z = _as_2d(Z, "Z", 1)
+    Z = check_array(Z, "Z", 1, dtype=np.float64)
     V = np.diff(Z, axis=0)
     if V.shape[0] < 2:
         return float("nan") if variant == "paper" else 0.0
@@ -222,13 +210,8 @@ def prompt_curvature(prompts: Iterable, variant: str = "paper") -> float:
 # ------------------------------------------------------------------------------------------------
 # augmentation-based metrics
 # ------------------------------------------------------------------------------------------------
-def _l2(X: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(X, axis=-1, keepdims=True)
-    return np.divide(X, norms, out=np.zeros_like(X), where=norms > 0)
-
-
 def _two_views(A, B) -> tuple[np.ndarray, np.ndarray]:
-    A, B = _as_2d(A, "view A", 2), _as_2d(B, "view B", 2)
+    A, B = check_array(A, "view A", 2, dtype=np.float64), check_array(B, "view B", 2, dtype=np.float64)
     if A.shape != B.shape:
         raise WorkbenchError(f"the two views must have the same shape; got {A.shape} and {B.shape}.")
     return A, B
@@ -246,7 +229,7 @@ def infonce(A, B, temperature: float = 0.1, *, normalize: bool = True) -> tuple[
     if not temperature > 0:
         raise WorkbenchError(f"temperature must be > 0; got {temperature}.")
     if normalize:
-        A, B = _l2(A), _l2(B)
+        A, B = l2_normalize(A), l2_normalize(B)
     logits = (A @ B.T) / temperature
     m = logits.max(axis=1, keepdims=True)
     lse = (m[:, 0] + np.log(np.exp(logits - m).sum(axis=1)))
@@ -294,7 +277,7 @@ def dime(A, B, alpha: float = 1.0, normalization: str = "maxEntropy", *, n_permu
     """
     A, B = _two_views(A, B)
     if normalize:
-        A, B = _l2(A), _l2(B)
+        A, B = l2_normalize(A), l2_normalize(B)
     N, D = A.shape
     KA, KB = A @ A.T, B @ B.T
     if permutations is None:

@@ -56,12 +56,13 @@ def _target_ids(target: str, model, ids: np.ndarray, logp_final: torch.Tensor, i
     if target == "next_token":
         nxt = np.roll(ids, -1)
         # the last position of a text has no next token: fall back to the model's own top-1 there
-        return torch.where(torch.from_numpy(is_last), logp_final.argmax(-1), torch.from_numpy(nxt))
+        return torch.where(torch.from_numpy(is_last).to(logp_final.device), logp_final.argmax(-1),
+                           torch.from_numpy(nxt).to(logp_final.device))
     token = model.tokenizer.encode(target, add_special_tokens=False)
     if len(token) != 1:
         raise WorkbenchError(f"target {target!r} is {len(token)} tokens for {model.name}; give a single token "
                              f"(e.g. ' Paris' with its leading space), or final_top1 / next_token.")
-    return torch.full((len(ids),), token[0], dtype=torch.long)
+    return torch.full((len(ids),), token[0], dtype=torch.long, device=logp_final.device)
 
 
 def _decoder(tokenizer):
@@ -85,6 +86,7 @@ def lens_table(model, entry, lenses: dict, *, top_k: int = 5, target: str = "fin
     docstring. Memory: a few ``chunk × V`` float32 matrices at a time.
     """
     unembed = Unembed.from_model(model)
+    lenses = {name: (None if t is None else t.to(unembed.device)) for name, t in lenses.items()}
     L = model.n_layers
     post_hooks = model.resid_hooks()
     mid_hooks = model.hook_names("resid_mid") if resid_mid else []
@@ -114,7 +116,7 @@ def lens_table(model, entry, lenses: dict, *, top_k: int = 5, target: str = "fin
         with torch.no_grad():
             logp_final = final_logprobs(unembed, states(entry, post_hooks[L], idx))
             tgt = _target_ids(target, model, ids, logp_final, is_last)
-            target_tokens = decode(tgt.numpy())
+            target_tokens = decode(tgt.cpu().numpy())
             for lens_name, tuned in lenses.items():
                 for site, layer_value, hook, layer in sites:
                     if site == "resid_mid" and tuned is not None:

@@ -48,8 +48,8 @@ class Unembed(torch.nn.Module):
     def __init__(self, norm: torch.nn.Module, W_U: torch.Tensor, b_U: torch.Tensor | None):
         super().__init__()
         self.norm = norm
-        self.W_U = W_U.detach().float()
-        self.b_U = None if b_U is None else b_U.detach().float()
+        self.W_U = W_U.detach().float()  # on the model's device: the lens computes where the model runs
+        self.b_U = None if b_U is None else b_U.detach().float().to(self.W_U.device)
 
     @classmethod
     def from_model(cls, model) -> "Unembed":
@@ -69,8 +69,12 @@ class Unembed(torch.nn.Module):
     def d_vocab(self) -> int:
         return int(self.W_U.shape[1])
 
+    @property
+    def device(self) -> torch.device:
+        return self.W_U.device
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        z = self.norm(h.float()) @ self.W_U
+        z = self.norm(h.float().to(self.device)).float() @ self.W_U
         return z if self.b_U is None else z + self.b_U
 
 
@@ -141,6 +145,7 @@ def stats_from_logprobs(logp: torch.Tensor, logp_final: torch.Tensor, target: to
     KL(p_L || p_l) in nats; rank = 1 + #{v : logp(v) > logp(t*)} (strict: ties do not count).
     """
     logp = logp.float()
+    target = target.to(logp.device)
     p_final = logp_final.exp()
     kl = (p_final * (logp_final - logp)).sum(-1)
     p = logp.exp()
@@ -148,8 +153,9 @@ def stats_from_logprobs(logp: torch.Tensor, logp_final: torch.Tensor, target: to
     lp_target = logp.gather(-1, target[:, None])
     rank = 1 + (logp > lp_target).sum(-1)
     top_lp, top_ids = logp.topk(k, dim=-1)
-    return LayerStats(kl=kl.clamp_min(0).numpy(), entropy=entropy.numpy(), p_target=lp_target[:, 0].exp().numpy(),
-                      rank=rank.numpy(), topk_ids=top_ids.numpy(), topk_probs=top_lp.exp().numpy())
+    return LayerStats(kl=kl.clamp_min(0).cpu().numpy(), entropy=entropy.cpu().numpy(),
+                      p_target=lp_target[:, 0].exp().cpu().numpy(), rank=rank.cpu().numpy(),
+                      topk_ids=top_ids.cpu().numpy(), topk_probs=top_lp.exp().cpu().numpy())
 
 
 def kl_to_final(logits: torch.Tensor, logp_final: torch.Tensor) -> torch.Tensor:

@@ -94,9 +94,11 @@ def train_command_hint(model_name: str) -> str:
 # --------------------------------------------------------------------------------------------
 # States from the activation store
 # --------------------------------------------------------------------------------------------
-def states(entry, hook: str, index: np.ndarray) -> torch.Tensor:
-    """float32 ``[len(index), D]`` residual states by global token index, read through the store."""
-    return torch.from_numpy(entry.rows(hook, index))
+def states(entry, hook: str, index: np.ndarray, device=None) -> torch.Tensor:
+    """float32 ``[len(index), D]`` residual states by global token index, read through the store (and
+    moved to ``device``, where the lens computes)."""
+    rows = torch.from_numpy(entry.rows(hook, index))
+    return rows if device is None else rows.to(device)
 
 
 def split_texts(n_texts: int, heldout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

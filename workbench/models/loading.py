@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 
 DTYPES = ("float32", "bfloat16", "float16")
 #: max |log-probs(hooked) - log-probs(plain)| and |cached step - full forward| tolerated per dtype.
-#: fp32 differences are kernel reordering (eager vs sdpa attention); half precision rounds every
-#: matmul to 8 (bf16) or 11 (fp16) mantissa bits, so whole-logit differences of that order are expected.
-LOAD_CHECK_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.5, "float16": 0.1}
+#: In fp32 the two paths differ only by kernel order (eager vs sdpa attention): 4e-5 on smollm2-135m.
+#: Half precision rounds every matmul to 8 (bf16) or 11 (fp16) mantissa bits, and the two paths
+#: round differently: measured 0.57 (bf16) and 0.068 (fp16) nats on smollm2-135m on the CPU.
+LOAD_CHECK_TOLERANCE = {"float32": 1e-3, "bfloat16": 1.0, "float16": 0.25}
 LOGIT_CHECK_TOLERANCE = LOAD_CHECK_TOLERANCE["float32"]
 LOGIT_CHECK_TEXT = "The capital of France is"
 #: greedy tokens generated through the KV cache in the load check

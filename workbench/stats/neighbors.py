@@ -1,4 +1,5 @@
-"""Exact k-nearest-neighbour distances for the intrinsic-dimension estimators.
+"""Exact k-nearest-neighbour distances for the intrinsic-dimension estimators (docs/methods.md,
+"Anisotropy and intrinsic dimension").
 
 Two stages, so that tens of thousands of points are routine on a CPU and the distances are exact:
 
@@ -31,18 +32,25 @@ Two stages, so that tens of thousands of points are routine on a CPU and the dis
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from workbench.errors import WorkbenchError
 
-from ._common import as_matrix
+from .checks import check_array
+from .normalize import center
+
+if TYPE_CHECKING:  # torch is imported when the search runs: the rest of workbench.stats needs numpy alone
+    import torch
 
 
 class _Candidates:
     """Best ``m`` float32 candidates per row, plus pending ``(row, col, value)`` triples."""
 
     def __init__(self, bounds: list[int], m: int):
+        import torch
+
         n = bounds[-1]
         self.bounds, self.m = bounds, m
         self.val = torch.full((n, m), float("inf"), dtype=torch.float32)  # sorted per row
@@ -63,6 +71,8 @@ class _Candidates:
         """Merge block ``b``'s pending triples into its best sets (one sort); lower thresholds."""
         if not self.pending[b]:
             return
+        import torch
+
         r0, r1 = self.bounds[b], self.bounds[b + 1]
         nr, m = r1 - r0, self.m
         rows = torch.cat([torch.arange(nr).repeat_interleave(m)] + [p[0] for p in self.pending[b]])
@@ -81,15 +91,80 @@ class _Candidates:
         self.thr[r0:r1] = self.val[r0:r1, -1]
 
 
-def knn_distances(
-    X,
-    k: int,
-    *,
-    max_chunk_bytes: int = 2**28,
-    extra: int | None = None,
-    return_indices: bool = False,
-    block_rows: int | None = None,
-):
+def _candidates(X: np.ndarray, m: int, B: int) -> torch.Tensor:
+    """Stage 1: indices (N, m) of each row's ``m`` best float32 candidates, blocks of about B rows."""
+    import torch
+
+    n = X.shape[0]
+    # translation and scale change no neighbour order: stage 1 works on centred rows scaled to unit
+    # RMS, so float32 neither overflows (|x| ~ 1e30 squares to inf) nor underflows, and is most precise
+    centred = center(X)
+    scale = float(np.sqrt(np.mean(centred * centred))) or 1.0
+    X32 = torch.from_numpy((centred / scale).astype(np.float32))
+    sq = (X32 * X32).sum(dim=1)
+    nb = -(-n // B)
+    bounds = [int(round(i * n / nb)) for i in range(nb + 1)]
+    cand = _Candidates(bounds, m)
+
+    def block(a: int, b: int) -> torch.Tensor:
+        i0, i1, j0, j1 = bounds[a], bounds[a + 1], bounds[b], bounds[b + 1]
+        d2 = torch.addmm(sq[None, j0:j1], X32[i0:i1], X32[j0:j1].T, beta=1.0, alpha=-2.0)
+        return d2.add_(sq[i0:i1, None])
+
+    # Diagonal blocks first: exact top-m, so every row has a finite threshold from the start.
+    for a in range(nb):
+        d2 = block(a, a)
+        r = torch.arange(d2.shape[0])
+        d2[r, r] = float("inf")
+        v, ix = torch.topk(d2, min(m, d2.shape[1]), dim=1, largest=False, sorted=False)
+        rows = r[:, None].expand_as(ix).reshape(-1)
+        cand.add(a, rows, ix.reshape(-1) + bounds[a], v.reshape(-1))
+        cand.flush(a)
+    # Off-diagonal blocks (a, b > a): one comparison against max(row threshold, column
+    # threshold) finds every entry that can enter the best set of its row or of its column;
+    # each goes to both (a surplus entry is harmless, the merge keeps the best m).
+    for a in range(nb):
+        i0, i1 = bounds[a], bounds[a + 1]
+        for b in range(a + 1, nb):
+            j0, j1 = bounds[b], bounds[b + 1]
+            d2 = block(a, b)
+            thr = torch.maximum(cand.thr[i0:i1, None], cand.thr[None, j0:j1])
+            ri, ci = torch.lt(d2, thr).nonzero().unbind(1)
+            vals = d2[ri, ci]
+            del d2, thr
+            cand.add(a, ri, ci + j0, vals)
+            cand.add(b, ci, ri + i0, vals)
+        cand.flush(a)  # row block a has now seen every column: its candidates are final
+    return cand.idx
+
+
+def _refine(X: np.ndarray, best_i: torch.Tensor, k: int, return_indices: bool):
+    """Stage 2: exact float64 distances of the candidates by direct differences (no cancellation),
+    in sub-blocks of ~2 MiB so that the gathered rows stay in cache. The candidates are gathered
+    from X as given (float32 input: half the memory traffic; the difference of two float32 numbers
+    is exact in float64)."""
+    import torch
+
+    n, m = best_i.shape
+    X64 = X.astype(np.float64, copy=False)
+    Xt, X64t = (torch.from_numpy(a if a.flags.writeable else a.copy()) for a in (X, X64))
+    dists = np.empty((n, k), dtype=np.float64)
+    idx_out = np.empty((n, k), dtype=np.int64) if return_indices else None
+    sub = int(max(1, min(n, 2**21 // (8 * m * X.shape[1]))))
+    for s0 in range(0, n, sub):
+        s1 = min(n, s0 + sub)
+        c = best_i[s0:s1]
+        diff = Xt[c].to(torch.float64)
+        diff -= X64t[s0:s1, None, :]
+        exact, order = torch.sort(torch.linalg.vector_norm(diff, dim=2), dim=1)
+        dists[s0:s1] = exact[:, :k].numpy()
+        if return_indices:
+            idx_out[s0:s1] = torch.gather(c, 1, order[:, :k]).numpy()
+    return (dists, idx_out) if return_indices else dists
+
+
+def knn_distances(X, k: int, *, max_chunk_bytes: int = 2**28, extra: int | None = None,
+                  return_indices: bool = False, block_rows: int | None = None):
     """Distances from every row of X to its ``k`` nearest other rows (self excluded).
 
     Exact (float64) for any N with bounded memory; see the module docstring for the method.
@@ -107,77 +182,16 @@ def knn_distances(
     dists : float64 (N, k), ascending along axis 1; ``dists[:, 0]`` is r1.
     idx : int64 (N, k), only if ``return_indices``.
     """
-    X = as_matrix(X, min_rows=2)
+    X = check_array(X, min_rows=2)
     n = X.shape[0]
     if not 1 <= k < n:
         raise WorkbenchError(f"k-nearest neighbours needs 1 <= k < N; got k={k}, N={n}.")
     extra = max(4, k // 4) if extra is None else int(extra)
     m = min(n - 1, k + extra)
-
-    X64 = X.astype(np.float64, copy=False)
-    # translation and scale change no neighbour order: stage 1 works on centred rows scaled to unit
-    # RMS, so float32 neither overflows (|x| ~ 1e30 squares to inf) nor underflows, and is most precise
-    centred = X64 - X64.mean(axis=0)
-    scale = float(np.sqrt(np.mean(centred * centred))) or 1.0
-    X32 = torch.from_numpy((centred / scale).astype(np.float32))
-    sq = (X32 * X32).sum(dim=1)
-
     # Equal-sized blocks of at most B rows; a block, its threshold matrix and mask (9 bytes an
     # entry) fit in max_chunk_bytes.
     B = int(max(1, min(n, block_rows if block_rows else 2048, int(np.sqrt(max_chunk_bytes / 10)))))
-    nb = -(-n // B)
-    bounds = [int(round(i * n / nb)) for i in range(nb + 1)]
-    cand = _Candidates(bounds, m)
-
-    def block(a: int, b: int) -> torch.Tensor:
-        i0, i1, j0, j1 = bounds[a], bounds[a + 1], bounds[b], bounds[b + 1]
-        d2 = torch.addmm(sq[None, j0:j1], X32[i0:i1], X32[j0:j1].T, beta=1.0, alpha=-2.0)
-        return d2.add_(sq[i0:i1, None])
+    import torch
 
     with torch.no_grad():
-        # Diagonal blocks first: exact top-m, so every row has a finite threshold from the start.
-        for a in range(nb):
-            d2 = block(a, a)
-            r = torch.arange(d2.shape[0])
-            d2[r, r] = float("inf")
-            v, ix = torch.topk(d2, min(m, d2.shape[1]), dim=1, largest=False, sorted=False)
-            rows = r[:, None].expand_as(ix).reshape(-1)
-            cand.add(a, rows, ix.reshape(-1) + bounds[a], v.reshape(-1))
-            cand.flush(a)
-        # Off-diagonal blocks (a, b > a): one comparison against max(row threshold, column
-        # threshold) finds every entry that can enter the best set of its row or of its column;
-        # each goes to both (a surplus entry is harmless, the merge keeps the best m).
-        for a in range(nb):
-            i0, i1 = bounds[a], bounds[a + 1]
-            for b in range(a + 1, nb):
-                j0, j1 = bounds[b], bounds[b + 1]
-                d2 = block(a, b)
-                thr = torch.maximum(cand.thr[i0:i1, None], cand.thr[None, j0:j1])
-                ri, ci = torch.lt(d2, thr).nonzero().unbind(1)
-                vals = d2[ri, ci]
-                del d2, thr
-                cand.add(a, ri, ci + j0, vals)
-                cand.add(b, ci, ri + i0, vals)
-            cand.flush(a)  # row block a has now seen every column: its candidates are final
-
-        # Stage 2: exact float64 distances of the candidates by direct differences (no
-        # cancellation), in sub-blocks of ~2 MiB so that the gathered rows stay in cache. The
-        # candidates are gathered from X as given (float32 input: half the memory traffic; the
-        # difference of two float32 numbers is exact in float64).
-        best_i = cand.idx
-        Xt, X64t = (torch.from_numpy(a if a.flags.writeable else a.copy()) for a in (X, X64))
-        dists = np.empty((n, k), dtype=np.float64)
-        idx_out = np.empty((n, k), dtype=np.int64) if return_indices else None
-        sub = int(max(1, min(n, 2**21 // (8 * m * X.shape[1]))))
-        for s0 in range(0, n, sub):
-            s1 = min(n, s0 + sub)
-            c = best_i[s0:s1]
-            diff = Xt[c].to(torch.float64)
-            diff -= X64t[s0:s1, None, :]
-            exact, order = torch.sort(torch.linalg.vector_norm(diff, dim=2), dim=1)
-            dists[s0:s1] = exact[:, :k].numpy()
-            if return_indices:
-                idx_out[s0:s1] = torch.gather(c, 1, order[:, :k]).numpy()
-    if return_indices:
-        return dists, idx_out
-    return dists
+        return _refine(X, _candidates(X.astype(np.float64, copy=False), m, B), k, return_indices)

@@ -1,4 +1,5 @@
-"""Anisotropy of a point cloud, under two named definitions.
+"""Anisotropy of a point cloud, under two named definitions (docs/methods.md, "Anisotropy and
+intrinsic dimension").
 
 ``svd`` (Razzhigaev et al., LLM-Microscope ``calculate_anisotropy_torch``)
     Centre the columns, take the singular values sigma_i of the centred (N, D) matrix:
@@ -20,8 +21,9 @@ import numpy as np
 
 from workbench.errors import WorkbenchError
 
-from ._common import Details, as_matrix, normal_ci, percentile_ci
-from .spectrum import covariance_eigenvalues, scatter_matrix
+from .checks import Details, check_array, normal_ci, percentile_ci
+from .normalize import center
+from .spectrum import covariance_eigenvalues, scatter_matrix, top_eigenpair
 
 
 @dataclass
@@ -59,21 +61,15 @@ def svd_anisotropy(X, *, chunk_rows: int = 8192, precision: str = "float64") -> 
     ``calculate_anisotropy_torch`` (which takes a full SVD) to rounding.
     """
     if isinstance(X, np.ndarray) or hasattr(X, "shape"):
-        X = as_matrix(X, min_rows=2)
+        X = check_array(X, min_rows=2)
         if X.shape[1] > 2 * X.shape[0]:
             ev = covariance_eigenvalues(X)
             return _ratio(ev[0], ev.sum())
     G, n = scatter_matrix(X, chunk_rows=chunk_rows, precision=precision)
     if n < 2:
         raise WorkbenchError("SVD anisotropy needs at least 2 points.")
-    top = np.linalg.eigvalsh(G)[-1] if G.shape[0] <= 2048 else _top_eig(G)
+    top = np.linalg.eigvalsh(G)[-1] if G.shape[0] <= 2048 else top_eigenpair(G, vector=False)[0]
     return _ratio(top, np.trace(G))
-
-
-def _top_eig(G: np.ndarray) -> float:
-    import scipy.linalg
-
-    return float(scipy.linalg.eigh(G, eigvals_only=True, subset_by_index=[G.shape[0] - 1] * 2)[0])
 
 
 def _ratio(top: float, total: float) -> float:
@@ -107,7 +103,7 @@ def svd_anisotropy_details(
     this size gives; compare against it, not against 1/D. Tokens of one text are correlated, so token-level intervals
     are optimistic; mean-pooled inputs avoid that.
     """
-    X = as_matrix(X, min_rows=2)
+    X = check_array(X, min_rows=2)
     n, d = X.shape
     G, _ = scatter_matrix(X, precision=precision)
     evals, evecs = np.linalg.eigh(G)
@@ -128,8 +124,7 @@ def _bootstrap_svd(X: np.ndarray, v1: np.ndarray, n_boot: int, seed: int, power_
 
     rng = np.random.default_rng(seed)
     n, d = X.shape
-    mean = X.astype(np.float64).mean(axis=0)
-    Xc = torch.from_numpy((X.astype(np.float64) - mean).astype(np.float32))
+    Xc = torch.from_numpy(center(X).astype(np.float32))
     W = torch.from_numpy(rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).T.astype(np.float32))
     wsum = W.sum(dim=0)  # (B,) == n
     M = (Xc.T @ W) / wsum  # (D, B) replicate means (of centred data)
@@ -159,7 +154,7 @@ def cosine_anisotropy_details(
     Pairs are drawn uniformly with replacement among ordered pairs with i != j, seeded. Pairs
     involving a zero vector (cosine undefined) are dropped and counted.
     """
-    X = as_matrix(X, min_rows=2)
+    X = check_array(X, min_rows=2)
     n = X.shape[0]
     if n_pairs < 1:
         raise WorkbenchError(f"n_pairs must be >= 1; got {n_pairs}.")

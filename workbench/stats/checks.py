@@ -1,4 +1,9 @@
-"""Input checks and small helpers shared by the geometry estimators."""
+"""Input checks and the small helpers every estimator shares.
+
+:func:`check_array` is named after ``sklearn.utils.check_array``: one place that turns whatever the
+caller holds (numpy array, torch tensor, nested list) into a finite, C-contiguous (N, D) matrix, or
+raises a :class:`~workbench.errors.WorkbenchError` that says what to fix.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +14,29 @@ import numpy as np
 from workbench.errors import WorkbenchError
 
 
-def as_matrix(X, name: str = "X", min_rows: int = 1, dtype=None) -> np.ndarray:
+def _from_torch(X):
+    """A torch tensor as a CPU numpy array (float16 / bfloat16 promoted to float32); anything else as is."""
+    try:  # torch tensors without importing torch when it is not needed
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency of the workbench
+        return X
+    if isinstance(X, torch.Tensor):
+        X = X.detach().to("cpu")
+        if X.dtype in (torch.float16, torch.bfloat16):
+            X = X.float()
+        X = X.numpy()
+    return X
+
+
+def check_array(X, name: str = "X", min_rows: int = 1, dtype=None) -> np.ndarray:
     """Return ``X`` as a C-contiguous 2-D numpy array (N, D), checking it is finite.
 
     Accepts numpy arrays, torch tensors (moved to CPU, detached) and nested lists. Integer and
     float16/bfloat16 input is promoted to float32; float32 and float64 stay as they are unless
-    ``dtype`` is given.
+    ``dtype`` is given. ``name`` is the argument's name in the error messages; ``min_rows`` the
+    fewest points accepted.
     """
-    try:  # torch tensors without importing torch when it is not needed
-        import torch
-
-        if isinstance(X, torch.Tensor):
-            X = X.detach().to("cpu")
-            if X.dtype in (torch.float16, torch.bfloat16):
-                X = X.float()
-            X = X.numpy()
-    except ImportError:  # pragma: no cover - torch is a hard dependency of the workbench
-        pass
-    X = np.asarray(X)
+    X = np.asarray(_from_torch(X))
     if X.ndim != 2:
         raise WorkbenchError(
             f"{name} must be a 2-D matrix (N points, D dimensions); got shape {X.shape}. "
@@ -77,10 +87,14 @@ def subsample_rows(n: int, max_points: int | None, seed: int) -> np.ndarray | No
     return np.sort(rng.choice(n, size=int(max_points), replace=False))
 
 
+def _finite(samples) -> np.ndarray:
+    samples = np.asarray(samples, dtype=np.float64)
+    return samples[np.isfinite(samples)]
+
+
 def percentile_ci(samples: np.ndarray, level: float) -> tuple[float, float]:
     """Percentile bootstrap interval at confidence ``level`` (e.g. 0.95); NaN if no samples."""
-    samples = np.asarray(samples, dtype=np.float64)
-    samples = samples[np.isfinite(samples)]
+    samples = _finite(samples)
     if samples.size == 0:
         return float("nan"), float("nan")
     alpha = (1.0 - level) / 2.0
@@ -92,12 +106,20 @@ def normal_ci(value: float, samples: np.ndarray, level: float) -> tuple[float, f
     """Normal bootstrap interval ``value +- z * sd(samples)``; NaN if fewer than 2 samples."""
     from statistics import NormalDist
 
-    samples = np.asarray(samples, dtype=np.float64)
-    samples = samples[np.isfinite(samples)]
+    samples = _finite(samples)
     if samples.size < 2:
         return float("nan"), float("nan")
     half = NormalDist().inv_cdf(0.5 + level / 2.0) * float(samples.std(ddof=1))
     return float(value - half), float(value + half)
+
+
+def bootstrap_ci(statistic, values: np.ndarray, n_boot: int, seed: int, level: float) -> tuple[float, float]:
+    """Percentile interval of ``statistic(resample)`` over ``n_boot`` resamples of ``values`` (with
+    replacement, seeded): the pointwise bootstrap of the kNN estimators, whose neighbour graph stays
+    fixed while the pointwise statistics (``mu_i``, ``1/m_k(x_i)``) are resampled."""
+    rng = np.random.default_rng(seed)
+    reps = [statistic(values[rng.integers(0, values.size, values.size)]) for _ in range(n_boot)]
+    return percentile_ci(np.array(reps), level)
 
 
 @dataclass
