@@ -6,8 +6,7 @@ import streamlit as st
 from workbench import ui
 from workbench.data import TextDataset
 
-from analyses.lenses.analysis import COLOR_BY, curves, heatmap, layer_means
-from analyses.lenses.train import find_lens, train_command_hint
+from analyses.lenses import COLOR_BY, curves, heatmap, layer_means, lens_status
 
 ui.page_header("logit_lens")
 st.markdown("Decode the residual stream at every layer with the model's own final norm and unembedding "
@@ -34,15 +33,10 @@ if prompt.strip():
     run_choice["data_ref"] = f"prompt:{run_choice['data'].content_hash[:12]}"
     params["max_texts"] = 1
 
-model = ui.get_model(choice["model"]) if choice.get("model") else None
-has_tuned = False
-if model is not None and model.kind == "decoder":
-    has_tuned = find_lens(model) is not None
-
+status = lens_status(choice["model"]) if choice.get("model") else None
 logit = ui.run("logit_lens", {**params, "resid_mid": resid_mid}, run_choice, auto=True)
-tuned = None
-if has_tuned:
-    tuned = ui.run("tuned_lens", {**params, "compare_logit": False}, run_choice, auto=True)
+# the tuned-lens run also decodes the logit lens on the same positions: both curves in one result
+tuned = ui.run("tuned_lens", params, run_choice, auto=True) if status and status["available"] else None
 
 if logit is not None:
     n_texts = int(logit.table["text"].max()) + 1
@@ -56,7 +50,8 @@ if logit is not None:
     with right:
         st.subheader("Tuned lens")
         if tuned is not None:
-            ui.show_figure(tuned, heatmap(tuned.table, "tuned", text=text, color=color), key="heatmap")
+            ui.show_figure(tuned, heatmap(tuned.table[tuned.table["lens"] == "tuned"], "tuned", text=text,
+                                          color=color), key="heatmap")
             kl = tuned.summary.get("lens_heldout_kl") or {}
             if kl:
                 st.caption(f"Lens: {tuned.summary.get('lens_folder')}. Deviations from the official recipe: "
@@ -64,17 +59,14 @@ if logit is not None:
                 with st.expander("Held-out KL per layer of this lens (nats)"):
                     st.dataframe(pd.DataFrame({"layer": kl["layer"], "logit lens": kl["logit_lens"],
                                                "tuned lens": kl["tuned_lens"]}), width="stretch")
-        elif model is not None:
-            st.info(f"No trained tuned lens for this model ({model.fingerprint}). Train one with\n\n"
-                    f"`{train_command_hint(model.name)}`\n\n(about half an hour on 2 CPU cores; the page finds it "
-                    "automatically afterwards).")
+        elif status is not None:
+            st.info(f"No trained tuned lens for this model ({status['fingerprint']}). Train one with\n\n"
+                    f"`{status['train_command']}`\n\n(the page finds it automatically afterwards).")
     st.subheader("Per layer, averaged over every position")
-    table = logit.table
-    if tuned is not None:
-        table = pd.concat([logit.table, tuned.table], ignore_index=True)
-    st.plotly_chart(curves(table), width="stretch", key="lens_curves")
+    both = tuned if tuned is not None else logit
+    ui.show_figure(both, curves(both.table), key="curves")
     with st.expander("Per-layer means", expanded=False):
-        st.dataframe(layer_means(table), width="stretch")
+        st.dataframe(layer_means(both.table), width="stretch")
     ui.show_table(logit, label="Logit lens table (every layer × position)")
     if tuned is not None:
         ui.show_table(tuned, label="Tuned lens table")

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from analyses.geometry.layers import ESTIMATORS
+from analyses.geometry import ESTIMATORS
 from workbench import ui
 from workbench.analysis import get_analysis
 from workbench.models import builtin_models

@@ -69,7 +69,7 @@ def show_step(record: dict) -> None:
 result = ui.run("inversion", params, run_choice, button_label="Invert", on_step=show_step)
 live.empty()
 if result is not None:
-    from analyses.inversion.report import html_report
+    from analyses.inversion import html_report
 
     cols = ["target", "reconstruction", "cosine", "token_f1", "bleu", "exact_match", "leakage", "leaked",
             "steps", "seconds", "layer"]

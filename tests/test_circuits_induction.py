@@ -1,6 +1,6 @@
 """The project's attention-only induction model and the acceptance checks of the circuits back-end.
 
-``sample_data/models/attn-only-induction`` (trained by ``sample_data/train_attn_only.py``) must be a
+``sample_data/models/attn-only-induction`` (trained by ``scripts/train_attn_only.py``) must be a
 plain Hugging Face causal-LM folder, truly attention-only, wrappable by TransformerBridge, and must
 contain a previous-token head feeding induction heads. The SAE method must recover the circuit that
 the ablation baseline establishes (node ROC-AUC >= 0.9, mean over 5 seeds) for a fraction of its time.
@@ -43,7 +43,7 @@ def test_folder_is_a_plain_hf_causal_lm():
 
     meta = json.loads((FOLDER / "workbench_model.json").read_text())
     assert meta["name"] == "attn-only-induction" and meta["kind"] == "decoder"
-    assert meta["trained_by"] == "sample_data/train_attn_only.py"
+    assert meta["trained_by"] == "scripts/train_attn_only.py"
     assert (FOLDER / "model.safetensors").stat().st_size < 2_000_000  # small weights
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -21,7 +21,7 @@ GEN = {"max_new_tokens": 6, "do_sample": False, "num_beams": 1}
 
 
 def _train_module():
-    spec = importlib.util.spec_from_file_location("train_seq2seq", ROOT / "sample_data" / "train_seq2seq.py")
+    spec = importlib.util.spec_from_file_location("train_seq2seq", ROOT / "scripts" / "train_seq2seq.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -264,7 +264,7 @@ def test_whisper_style_non_text_encoder(tok):
 
 # ------------------------------------------------------------------ the trained built-in model
 # the trained model ships with the repo; its absence is a failure of the checkout, not a reason to skip
-assert (MODEL_DIR / "model.safetensors").exists(), "t5-tasks weights missing: run sample_data/train_seq2seq.py"
+assert (MODEL_DIR / "model.safetensors").exists(), "t5-tasks weights missing: run scripts/train_seq2seq.py"
 needs_model = pytest.mark.usefixtures()
 
 
@@ -272,7 +272,7 @@ needs_model = pytest.mark.usefixtures()
 def test_trained_model_files():
     meta = json.loads((MODEL_DIR / "workbench_model.json").read_text())
     assert meta["name"] == "t5-tasks" and meta["kind"] == "seq2seq"
-    assert meta["trained_by"] == "sample_data/train_seq2seq.py"
+    assert meta["trained_by"] == "scripts/train_seq2seq.py"
     assert (MODEL_DIR / "model.safetensors").stat().st_size < 20 * 2**20
     rows = [json.loads(x) for x in EVAL_SET.read_text().splitlines()]
     assert {r["task"] for r in rows} == set(T.TASKS)

@@ -17,10 +17,8 @@ Errors a user can cause print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import logging
-import re
 import sys
 import time
 import warnings
@@ -28,7 +26,10 @@ from pathlib import Path
 
 import yaml
 
+from .batch import (_default_data_for, _default_model_for, _model_entries, _read_plan, _write_index,  # noqa: F401
+                    plan_jobs, run_batch_job)
 from .errors import WorkbenchError
+from .models.info import HOOK_GROUPS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -141,8 +142,6 @@ def cmd_analyses(args) -> None:
 
 
 def _hooks_from_arg(model, spec: str | None) -> list[str]:
-    from .models import HOOK_GROUPS
-
     if not spec:
         return model.resid_hooks()
     hooks = []
@@ -212,105 +211,6 @@ def cmd_run(args) -> None:
         print("  summary: " + json.dumps(shown, default=str)[:1500])
 
 
-def _default_model_for(analysis: str) -> str | None:
-    from .analysis import get_analysis
-    from .models import DEFAULT_MODEL
-
-    spec = get_analysis(analysis)
-    if "model" not in spec.inputs and "task" not in spec.inputs:
-        return None
-    return spec.default_model or DEFAULT_MODEL
-
-
-def _default_data_for(analysis: str) -> str | None:
-    from .analysis import get_analysis
-    from .data import DEFAULT_DATASET
-
-    spec = get_analysis(analysis)
-    return (spec.default_data or DEFAULT_DATASET) if "model" in spec.inputs else None
-
-
-def _read_plan(plan_path: Path) -> dict:
-    if not plan_path.exists():
-        raise WorkbenchError(f"No plan file at {plan_path}.")
-    try:
-        plan = yaml.safe_load(plan_path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise WorkbenchError(f"{plan_path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(plan, dict):
-        raise WorkbenchError(f"{plan_path} must be a mapping with keys analyses, models, datasets, vectors, params, out.")
-    if not plan.get("analyses"):
-        raise WorkbenchError(f"{plan_path} names no analyses (key 'analyses: [layer_stats, ...]').")
-    return plan
-
-
-def plan_jobs(plan: dict) -> list[tuple[str, str | None, str | None, str | None, str]]:
-    """(analysis, model, dataset, vectors, label) for every job of a batch plan.
-
-    Models × datasets for every analysis; each vectors file once per analysis. A plan with only
-    ``vectors`` makes no model jobs. Labels are unique folder names (a counter is added when two
-    jobs would share one, e.g. two vectors files with the same stem)."""
-    models, datasets, vectors = plan.get("models"), plan.get("datasets"), plan.get("vectors") or []
-    model_jobs = bool(models or datasets or not vectors)
-    jobs, seen = [], {}
-    for analysis in plan["analyses"]:
-        grid = [(m, d, None) for m in (models or [None]) for d in (datasets or [None])] if model_jobs else []
-        for model, data, vec in grid + [(None, None, v) for v in vectors]:
-            parts = (analysis, model or "", data or "", Path(vec).stem if vec else "")
-            label = "__".join(re.sub(r"[^\w.-]+", "_", str(x)) for x in parts if x)
-            seen[label] = seen.get(label, 0) + 1
-            if seen[label] > 1:
-                label = f"{label}-{seen[label]}"
-            jobs.append((analysis, model, data, vec, label))
-    return jobs
-
-
-def run_batch_job(job: dict, out: Path, static: bool) -> dict:
-    """One job of a batch plan: run, save into ``out/<label>``, and return its index row. A job that
-    fails gets its error in the row (with the traceback in its folder); it never raises."""
-    import traceback
-
-    from .analysis import run_analysis
-    from .paths import atomic_write
-
-    t0 = time.time()
-    row = {"job": job["label"], "analysis": job["analysis"], "model": job["model"],
-           "data": job["data"] or job["vectors"], "rows": 0}
-    try:
-        vec = job["vectors"]
-        result = run_analysis(job["analysis"], model=job["model"] or (None if vec else _default_model_for(job["analysis"])),
-                              data=job["data"] or (None if vec else _default_data_for(job["analysis"])), vectors=vec,
-                              params=job["params"], progress=_progress_bar(job["analysis"]), **job["placement"])
-        result.save(out / job["label"], static=static)
-        row.update(status="ok", rows=len(result.table))
-    except WorkbenchError as exc:
-        row["status"] = f"error: {exc}"
-    except Exception as exc:  # a bug in one job must not stop the others; its traceback is kept
-        folder = out / job["label"]
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_write(folder / "error.txt") as handle:
-            handle.write(traceback.format_exc())
-        row["status"] = f"failed: {exc.__class__.__name__}: {str(exc)[:200]} (traceback in {job['label']}/error.txt)"
-    row["seconds"] = round(time.time() - t0, 1)
-    return row
-
-
-def _model_entries(plan: dict) -> list[tuple[str | None, dict]]:
-    """``models:`` entries as (name, placement): a name, or a mapping {name, device, dtype, device_map, max_memory}."""
-    out = []
-    for entry in plan.get("models") or []:
-        if isinstance(entry, dict):
-            if "name" not in entry:
-                raise WorkbenchError(f"a model entry of the plan needs a name: {entry}")
-            unknown = set(entry) - {"name", "device", "dtype", "device_map", "max_memory"}
-            if unknown:
-                raise WorkbenchError(f"a model entry of the plan has unknown keys {sorted(unknown)}: {entry}")
-            out.append((str(entry["name"]), {k: v for k, v in entry.items() if k != "name"}))
-        else:
-            out.append((str(entry), {}))
-    return out
-
-
 def cmd_batch(args) -> None:
     plan_path = Path(args.plan).resolve()
     plan = _read_plan(plan_path)
@@ -334,7 +234,7 @@ def cmd_batch(args) -> None:
         else:
             for n, job in enumerate(jobs, start=1):
                 print(f"[{n}/{len(jobs)}] {job['label']}", flush=True)
-                rows.append(run_batch_job(job, out, static=not args.no_static))
+                rows.append(run_batch_job(job, out, static=not args.no_static, progress=_progress_bar(job["analysis"])))
                 if rows[-1]["status"] != "ok":
                     print(f"  {rows[-1]['status']}", file=sys.stderr)
     finally:
@@ -342,31 +242,6 @@ def cmd_batch(args) -> None:
     print(f"wrote {out / 'index.html'} ({sum(r['status'] == 'ok' for r in rows)}/{len(rows)} ok)")
     if any(r["status"] != "ok" for r in rows):
         sys.exit(1)
-
-
-def _write_index(out: Path, rows: list[dict], plan_path: Path) -> None:
-    from .paths import atomic_write
-
-    out.mkdir(parents=True, exist_ok=True)
-    body = ["<table><tr><th>job</th><th>analysis</th><th>model</th><th>data</th><th>status</th>"
-            "<th>seconds</th><th>files</th></tr>"]
-    for r in rows:
-        job = html.escape(r["job"])
-        if r["status"] == "ok":
-            link = (f'<a href="{job}/figure.html">figure</a> · <a href="{job}/result.csv">csv</a> · '
-                    f'<a href="{job}/manifest.json">manifest</a>')
-        else:
-            link = f'<a href="{job}/error.txt">traceback</a>' if (out / r["job"] / "error.txt").exists() else ""
-        body.append("<tr>" + "".join(f"<td>{html.escape(str(r[k]))}</td>" for k in
-                                     ("job", "analysis", "model", "data", "status", "seconds")) + f"<td>{link}</td></tr>")
-    body.append("</table>")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>workbench batch</title><style>"
-            "body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}"
-            f"</style></head><body><h1>Batch: {html.escape(plan_path.name)}</h1>" + "".join(body) + "</body></html>")
-    with atomic_write(out / "index.html") as handle:
-        handle.write(page)
-    with atomic_write(out / "index.json") as handle:
-        json.dump(rows, handle, indent=2)
 
 
 def cmd_cache(args) -> None:
@@ -434,52 +309,49 @@ def cmd_app(args) -> None:
     sys.exit(subprocess.call(cmd))
 
 
-def build_parser(backends: bool = True) -> argparse.ArgumentParser:
-    """The CLI; ``backends=False`` leaves out back-end commands (no back-end is imported then)."""
-    parser = _Parser(prog="workbench", description="Interpretability and embedding-analysis workbench.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details; show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("models", help="list built-in and cached models").set_defaults(fn=cmd_models)
-    sub.add_parser("datasets", help="list built-in sample sets").set_defaults(fn=cmd_datasets)
-    sub.add_parser("analyses", help="list analyses and their parameters").set_defaults(fn=cmd_analyses)
+def _model_args(p) -> None:
+    p.add_argument("--device", default="auto", help="auto (a GPU when present, else the CPU) | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPUs that support it, float32 on the CPU) | "
+                                                    "float32 | bfloat16 | float16")
+    p.add_argument("--device-map", default=None, help="spread the model over several devices: auto | balanced "
+                                                      "(transformers/accelerate)")
+    p.add_argument("--max-memory", default=None, help="per-device budget with --device-map, e.g. 0=20GiB,1=20GiB,cpu=64GiB")
 
-    def model_args(p):
-        p.add_argument("--device", default="auto", help="auto (a GPU when present, else the CPU) | cpu | cuda | cuda:N | mps")
-        p.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPUs that support it, float32 on the CPU) | "
-                                                        "float32 | bfloat16 | float16")
-        p.add_argument("--device-map", default=None, help="spread the model over several devices: auto | balanced "
-                                                          "(transformers/accelerate)")
-        p.add_argument("--max-memory", default=None, help="per-device budget with --device-map, e.g. 0=20GiB,1=20GiB,cpu=64GiB")
 
-    def engine_args(p):
-        p.add_argument("--engine", choices=["local", "ray"], default="local",
-                       help="local (this process) or ray (tasks on a Ray cluster, one GPU each when there are GPUs)")
-        p.add_argument("--address", default=None, help="Ray cluster: auto (a running one) or ray://HOST:PORT; "
-                                                       "default: start a local cluster on 127.0.0.1")
-        p.add_argument("--workers", type=_positive_int, default=None, help="Ray workers (slices of the dataset)")
+def _engine_args(p) -> None:
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local (this process) or ray (tasks on a Ray cluster, one GPU each when there are GPUs)")
+    p.add_argument("--address", default=None, help="Ray cluster: auto (a running one) or ray://HOST:PORT; "
+                                                   "default: start a local cluster on 127.0.0.1")
+    p.add_argument("--workers", type=_positive_int, default=None, help="Ray workers (slices of the dataset)")
 
-    def data_args(p):
-        p.add_argument("--text-column", help="text column of a csv/jsonl/parquet dataset")
-        p.add_argument("--label-column", help="label column (optional)")
 
+def _data_args(p) -> None:
+    p.add_argument("--text-column", help="text column of a csv/jsonl/parquet dataset")
+    p.add_argument("--label-column", help="label column (optional)")
+
+
+def _add_extract(sub) -> None:
     p = sub.add_parser("extract", help="extract activations into the cache")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--data", required=True)
-    p.add_argument("--hooks", help="comma-separated hook names or groups: resid, resid_mid, attn_z, attn_out, mlp_out, sentence")
+    p.add_argument("--hooks", help="comma-separated hook names or groups: " + ", ".join(HOOK_GROUPS))
     p.add_argument("--max-length", type=_positive_int, default=None)
     p.add_argument("--batch-size", type=_positive_int, default=8, help="texts per forward pass (at most)")
     p.add_argument("--batch-tokens", type=_positive_int, default=8192,
                    help="padded tokens per forward pass (at most; halved on out-of-memory)")
     p.add_argument("--store-dtype", choices=["float32", "float16"], default="float32",
                    help="how activations are written (float16 halves the disk; analyses read float32)")
-    engine_args(p)
     p.add_argument("--limit", type=_positive_int, default=None, help="first N texts only")
-    model_args(p)
     p.add_argument("--prepend-bos", type=_tristate, default=None,
                    help="true: every text starts with BOS; false: strip it; none: the tokenizer's own (default)")
-    data_args(p)
+    _engine_args(p)
+    _model_args(p)
+    _data_args(p)
     p.set_defaults(fn=cmd_extract)
 
+
+def _add_run(sub) -> None:
     p = sub.add_parser("run", help="run one analysis, writing result.parquet, figure.html, manifest.json")
     p.add_argument("analysis")
     p.add_argument("--model", action="append", help="repeat to overlay several models on the same data")
@@ -489,23 +361,23 @@ def build_parser(backends: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="analysis parameter (repeatable)")
     p.add_argument("--no-static", action="store_true", help="skip PNG/SVG export")
-    model_args(p)
-    data_args(p)
-    engine_args(p)
+    _model_args(p)
+    _data_args(p)
+    _engine_args(p)
     p.set_defaults(fn=cmd_run)
 
+
+def _add_tools(sub) -> None:
     p = sub.add_parser("batch", help="run a plan: analyses x models x datasets into one folder with an index page")
     p.add_argument("plan")
-    engine_args(p)
     p.add_argument("--out")
     p.add_argument("--no-static", action="store_true")
+    _engine_args(p)
     p.set_defaults(fn=cmd_batch)
-
     p = sub.add_parser("cache", help="inspect or clean the activation cache")
     p.add_argument("action", choices=["ls", "verify", "clean", "rm", "clear"])
     p.add_argument("key", nargs="?")
     p.set_defaults(fn=cmd_cache)
-
     p = sub.add_parser("reproduce", help="regenerate the README's results tables from the shipped commands")
     p.add_argument("tables", nargs="*", help="table names (default: all; see --list)")
     p.add_argument("--out", default="results", help="folder for every job's result, figure and manifest")
@@ -513,11 +385,23 @@ def build_parser(backends: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun jobs whose output is already there")
     p.add_argument("--list", action="store_true", help="list the tables and their commands")
     p.set_defaults(fn=cmd_reproduce)
-
     p = sub.add_parser("app", help="serve the Streamlit app (127.0.0.1 by default)")
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--address", default="127.0.0.1")
     p.set_defaults(fn=cmd_app)
+
+
+def build_parser(backends: bool = True) -> argparse.ArgumentParser:
+    """The CLI; ``backends=False`` leaves out back-end commands (no back-end is imported then)."""
+    parser = _Parser(prog="workbench", description="Interpretability and embedding-analysis workbench.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details; show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("models", help="list built-in and cached models").set_defaults(fn=cmd_models)
+    sub.add_parser("datasets", help="list built-in sample sets").set_defaults(fn=cmd_datasets)
+    sub.add_parser("analyses", help="list analyses and their parameters").set_defaults(fn=cmd_analyses)
+    _add_extract(sub)
+    _add_run(sub)
+    _add_tools(sub)
     if backends:
         _register_backend_commands(sub)
     return parser

@@ -82,7 +82,7 @@ def _batch_job_task(job: dict, out: str, static: bool) -> dict:
     """One batch-plan job in a worker: run, save into the job's folder, return its index row."""
     from pathlib import Path
 
-    from .cli import run_batch_job
+    from .batch import run_batch_job
 
     return run_batch_job(job, Path(out), static)
 

@@ -50,12 +50,17 @@ def atomic_write(path: Path, mode: str = "w", **kwargs):
         raise
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    """sha256 hex digest of a file, read in chunks (bounded memory for multi-GB weights)."""
-    import hashlib
-
-    digest = hashlib.sha256()
+def file_digest(path: Path, digest, chunk: int = 1 << 22) -> str:
+    """Hex digest of a file read in chunks (bounded memory for multi-GB files); ``digest`` is a fresh
+    hash object (``hashlib.sha256()``, ``xxhash.xxh3_64()``)."""
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file (model weights: their fingerprint)."""
+    import hashlib
+
+    return file_digest(path, hashlib.sha256())

@@ -50,6 +50,7 @@ from workbench.errors import WorkbenchError
 from workbench.results import Result
 
 from . import results_tables
+from .report import html_report  # noqa: F401  (the page's audit report)
 from .metrics import text_metrics
 from .progress import RECORD_KEYS, StepReporter  # noqa: F401
 from .search import REFINE_PROMPT, STAGE1_PROMPT, Embedder, InversionResult, Proposer, SearchConfig, invert

@@ -12,7 +12,19 @@ from . import analysis as _analysis
 from . import results_tables
 from .cli import TRAIN_LENS
 from .core import TunedLens, Unembed, stats_from_logprobs  # noqa: F401
-from .train import find_lens, load_lens, train_tuned_lens  # noqa: F401
+from .train import find_lens, load_lens, train_command_hint, train_tuned_lens  # noqa: F401
+from .analysis import COLOR_BY, curves, heatmap, layer_means  # noqa: F401,E402
+
+
+def lens_status(model_name: str) -> dict:
+    """Whether a trained tuned lens exists for a model, without loading its weights (its card gives
+    the fingerprint): ``{"available", "folder", "fingerprint", "train_command"}``."""
+    from workbench.models import load_model
+
+    model = load_model(model_name, lazy=True)
+    folder = find_lens(model) if model.kind == "decoder" else None
+    return {"available": folder is not None, "folder": None if folder is None else str(folder),
+            "fingerprint": model.fingerprint, "train_command": train_command_hint(model.name)}
 
 register(AnalysisSpec(
     name="logit_lens",

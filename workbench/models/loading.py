@@ -256,14 +256,15 @@ def _shape(cfg, tokenizer) -> dict:
 
 
 def _load(name, device, dtype, device_map, max_memory, trust_remote_code, check_logits) -> LoadedModel:
+    t0 = time.time()
+    specs = builtin_models()
+    # resolved and checked before transformers is even imported: a bad name fails in about a second
+    folder, source, local_only = resolve_source(name)
+    check_fits(name, folder, dtype, device, device_map, max_memory)
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    t0 = time.time()
-    specs = builtin_models()
-    folder, source, local_only = resolve_source(name)
-    check_fits(name, folder, dtype, device, device_map, max_memory)
     hub = {"trust_remote_code": trust_remote_code, "local_files_only": local_only}
     placement = {"device_map": device_map, "max_memory": max_memory} if device_map else {}
     try:

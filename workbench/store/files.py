@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import xxhash
 
-from ..paths import atomic_write
+from ..paths import atomic_write, file_digest
 
 FORMAT_VERSION = 3  # 2: truncation keeps special tokens; 3: columnar tokens, meta checksum, reader locks
 DEFAULT_SHARD_BYTES = 256 * 2**20
@@ -39,12 +39,9 @@ class CorruptEntry(Exception):
     """Raised internally when an entry fails a check; the message says which."""
 
 
-def _xxh3_file(path: Path, chunk: int = 1 << 24) -> str:
-    digest = xxhash.xxh3_64()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def _xxh3_file(path: Path) -> str:
+    """xxh3 of a file (the store's checksums: fast, not cryptographic)."""
+    return file_digest(path, xxhash.xxh3_64(), chunk=1 << 24)
 
 
 def memmap_safetensors(path: Path) -> dict[str, np.ndarray]:

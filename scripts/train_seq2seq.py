@@ -36,7 +36,7 @@ only, and nothing is selected on the evaluation set.
 Budget: the default run (3,000 steps of batch 128, ``--threads 1``) takes about 20 minutes on a
 2-core CPU shared with another job (measured 0.35 s/step; with 2 threads the step was 2-6x slower
 while another process used both cores, so the default is 1 thread). Run it as
-``nice -n 5 .venv/bin/python sample_data/train_seq2seq.py``.
+``nice -n 5 .venv/bin/python scripts/train_seq2seq.py``.
 """
 
 from __future__ import annotations
@@ -49,8 +49,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_OUT = HERE / "models" / "t5-tasks"
-DEFAULT_EVAL = HERE / "seq2seq_tasks.jsonl"
+ROOT = HERE.parent
+SAMPLE_DATA = ROOT / "sample_data"
+DEFAULT_OUT = SAMPLE_DATA / "models" / "t5-tasks"
+DEFAULT_EVAL = SAMPLE_DATA / "seq2seq_tasks.jsonl"
 
 TASKS = ("copy", "sort", "reverse", "sum", "bool")
 DIGITS = [str(i) for i in range(10)]
@@ -159,7 +161,7 @@ def build_model(args):
 def _rel(path: Path) -> str:
     """``path`` relative to the repository root when inside it (for the log), else as given."""
     try:
-        return str(path.resolve().relative_to(HERE.parent))
+        return str(path.resolve().relative_to(ROOT))
     except ValueError:
         return str(path)
 
@@ -312,7 +314,7 @@ def main(argv=None):
             " (copy, sort, reverse, sum of digits, boolean logic); source prefixed with the task name,"
             " word-level tokenizer. For the DecoderLens."
         ),
-        "trained_by": "sample_data/train_seq2seq.py",
+        "trained_by": "scripts/train_seq2seq.py",
     }
     (args.out / "workbench_model.json").write_text(json.dumps(meta, indent=2) + "\n")
     log = {

@@ -6,7 +6,7 @@ utterances in 21 YAML files, one topic per file. The package is *not* a dependen
 workbench; this script is run once by hand and its output is committed::
 
     pip download --no-deps chatterbot-corpus==1.3.3 -d /tmp/cc
-    python sample_data/make_topics.py /tmp/cc/chatterbot_corpus-1.3.3-py2.py3-none-any.whl
+    python scripts/make_topics.py /tmp/cc/chatterbot_corpus-1.3.3-py2.py3-none-any.whl
 
 Cleaning (each step is there because the probe would otherwise measure something else):
 
@@ -90,7 +90,7 @@ def build_rows(source: Path) -> list[tuple[str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="chatterbot-corpus wheel or extracted folder")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("topics.csv"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "sample_data" / "topics.csv")
     args = parser.parse_args()
     rows = build_rows(args.source)
     buf = io.StringIO()

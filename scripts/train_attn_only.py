@@ -13,7 +13,7 @@ wrapped in ``PreTrainedTokenizerFast``, and ``workbench_model.json`` for the wor
 The shipped folder was built by this command (3000 steps took 838 s on one thread of a 2-core machine
 shared with ~15 busy processes; the project rule is < 20 min on 2 cores)::
 
-    nice -n 10 .venv/bin/python sample_data/train_attn_only.py --steps 3000 --batch 32 --lr 3e-3 --seed 0 --threads 1
+    nice -n 10 .venv/bin/python scripts/train_attn_only.py --steps 3000 --batch 32 --lr 3e-3 --seed 0 --threads 1
 
 (these are the defaults; ``--out DIR`` writes elsewhere). It prints the final loss on the repeated
 half and, per head, the previous-token, induction, duplicate-token and current-token attention
@@ -39,7 +39,9 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_OUT = HERE / "models" / "attn-only-induction"
+ROOT = HERE.parent
+SAMPLE_DATA = ROOT / "sample_data"
+DEFAULT_OUT = SAMPLE_DATA / "models" / "attn-only-induction"
 
 N_WORDS = 253  # word tokens t0 .. t252; ids 3 .. 255
 SPECIALS = ["<unk>", "<bos>", "<pad>"]
@@ -100,7 +102,7 @@ def repeated_batch(gen: torch.Generator, batch: int, period: int) -> torch.Tenso
 def print_attention_scores(folder: Path, n: int = 100, period: int = MAX_PERIOD, seed: int = 0) -> None:
     """Per-head attention-pattern scores of the saved model, loaded as the workbench loads it
     (``workbench.models.load_model``: a TransformerBridge over the plain model, load-checked)."""
-    sys.path.insert(0, str(HERE.parent))
+    sys.path.insert(0, str(ROOT))
     from workbench.hooked import ordinary_token_ids, pad_right, repeat_scores_table, repeated_random_tokens
     from workbench.models import load_model
 
@@ -176,7 +178,7 @@ def save(model, tok, args, train_s: float, first_half: float, rep_half: float) -
             "d_model 64, RoPE) trained on repeated random token sequences; forms previous-token "
             "-> induction head circuits. Vocabulary: t0..t252 plus <unk> <bos> <pad>."
         ),
-        "trained_by": "sample_data/train_attn_only.py",
+        "trained_by": "scripts/train_attn_only.py",
         "training": {
             "steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed,
             "periods": [MIN_PERIOD, MAX_PERIOD], "train_seconds": round(train_s, 1),
