@@ -1,7 +1,7 @@
-"""Benchmark of the geometry estimators (issue 4).
+"""Benchmark of the geometry estimators (workbench.stats) against scikit-dimension.
 
 1. TwoNN and MLE (k=20) on 20,000 x 576 float32 points: ours (torch float32 candidates, threshold
-   filtered, + exact float64 refinement; see ``analyses/geometry/neighbors.py``) vs
+   filtered, + exact float64 refinement; see ``workbench/stats/neighbors.py``) vs
    scikit-dimension 0.5.0 on the same array in the same run; times, speed ratios (CPU and wall)
    and relative difference of the values.
 2. SVD anisotropy of 200,000 x 576 float32 points: streamed Gram / eigvalsh (float64 and the

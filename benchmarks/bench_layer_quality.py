@@ -1,6 +1,6 @@
 """Benchmark: every layer-quality metric for every layer of smollm2-135m over 200 prompts.
 
-Target (issue 5): under 2 minutes on 2 cores for the metrics, reading activations from the cache
+Target: under 2 minutes on 2 cores for the metrics, reading activations from the cache
 (extraction is done first if the cache is cold and is timed separately). Prints the time per metric.
 
     python benchmarks/bench_layer_quality.py                 # smollm2-135m, 200 abstracts, from the cache

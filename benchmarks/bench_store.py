@@ -1,4 +1,4 @@
-"""Activation-store benchmarks on smollm2-135m (issue 2), ratios measured in the same run.
+"""Activation-store benchmarks on smollm2-135m, ratios measured in the same run.
 
 1. Extraction throughput: the store (all 31 residual layers, written to disk as safetensors shards
    with checksums) vs a plain transformers forward with output_hidden_states=True (computed, not

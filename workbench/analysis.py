@@ -27,7 +27,7 @@ import pandas as pd
 from .data import TextDataset, TokenDataset, load_dataset, load_vectors, vectors_hash
 from .errors import WorkbenchError
 from .models import LazyModel, ModelInfo, load_model
-from .params import COMMON_PARAMS, Param, defaults_of, int_list, validate_params  # noqa: F401
+from .params import COMMON_PARAMS, Param, defaults_of, validate_params  # noqa: F401
 from .registry import (AnalysisSpec, Command, _REGISTRY, get_analysis, list_analyses,  # noqa: F401
                        register)
 from .results import Result, cli_command, package_versions, with_models

@@ -212,14 +212,3 @@ def validate_params(analysis: str, declared: dict[str, Param], given: dict | Non
             raise WorkbenchError(f"{analysis}: parameter {name} must be {param.describe()}; "
                                  f"got {_show(value)}") from None
     return values
-
-
-def int_list(value: Any) -> list[int]:
-    """``3``, ``[0, 3, 6]`` or ``"0,3,6"`` as a list of ints; ValueError for anything else."""
-    if _is_number(value):
-        return [_coerce_int(value)]
-    if isinstance(value, str):
-        return [int(part) for part in value.replace(" ", "").split(",") if part]
-    if isinstance(value, (list, tuple)):
-        return [_coerce_int(v) for v in value]
-    raise ValueError("not a list of integers")

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from workbench.analysis import Param, defaults_of, int_list
+from workbench.analysis import Param, defaults_of
+from workbench.stats import layer_request
 from workbench.errors import WorkbenchError
 
 from .lens import COLUMNS, decoder_lens, encoder_final_norm, resolve_layers, summarize  # noqa: F401
@@ -26,8 +27,8 @@ NAME = "decoder_lens"
 
 def _check_layers(value) -> list[int]:
     """3, [0, 3, 6] or "0,3,6" -> a non-empty list of layer numbers >= 0 (the top is checked per model)."""
-    layers = int_list(value)
-    if not layers or min(layers) < 0:
+    layers = layer_request(value)
+    if layers == "all" or not layers or min(layers) < 0:
         raise ValueError("no layers, or a negative one")
     return layers
 

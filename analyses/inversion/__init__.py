@@ -45,8 +45,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from workbench.analysis import AnalysisSpec, Param, RunContext, int_list, register
+from workbench.analysis import AnalysisSpec, Param, RunContext, register
 from workbench.errors import WorkbenchError
+from workbench.stats import layer_request
+from workbench.stats import parse_layers as core_parse_layers
 from workbench.results import Result
 
 from . import results_tables
@@ -60,38 +62,14 @@ from .targets import context_targets
 NORM_TOLERANCE = 0.02
 
 
-def _requested_layers(value) -> list[int] | str:
-    """``layers`` as given -> "all" or layer numbers ([] = the sentence embedding); ValueError if malformed."""
-    if value is None or value == "" or value == []:
-        return []
-    if isinstance(value, str) and value.strip().lower() == "all":
-        return "all"
-    return int_list(value)
-
-
 def parse_layers(value, n_layers: int) -> list[int | None]:
-    """``None``/"" -> [None] (sentence embedding); int; list of ints; "all"; "0,3,6"; negative = None."""
-    try:
-        requested = _requested_layers(value)
-    except ValueError as exc:
-        raise WorkbenchError(f"layers must be empty, 'all', an int or a list like 0,3,6; got {value!r}.") from exc
-    if requested == "all":
-        return list(range(n_layers + 1))
-    if not requested:
-        return [None]
-    out = []
-    for v in requested:
-        if v < 0:
-            out.append(None)
-        elif v > n_layers:
-            raise WorkbenchError(f"layer {v} does not exist: the embedder has layers 0..{n_layers}.")
-        else:
-            out.append(v)
-    return list(dict.fromkeys(out))
+    """``None``/"" -> [None] (the sentence embedding); an int, a list, "0,3,6" or "all" -> those
+    mean-pooled hidden states; a negative number also means the sentence embedding."""
+    return core_parse_layers(value, n_layers, blank=[None], negative="as_none", owner="the embedder")
 
 
 def _check_layers(value):
-    _requested_layers(value)  # the format only; the range is checked against the embedder when it runs
+    layer_request(value)  # the format only; the range is checked against the embedder when it runs
     return value
 
 
