@@ -17,7 +17,13 @@ def _title(path: Path) -> str:
     return path.stem.split("_", 1)[1].replace("_", " ") if "_" in path.stem else path.stem
 
 
+def _number(path: Path) -> int:
+    return int(path.stem.split("_", 1)[0])
+
+
+# pages are numbered files: 0 is Home, 1..98 the analyses (in that order), 99 the Cache tool
 home = st.Page(str(PAGES_DIR / "0_Home.py"), title="Home", default=True)
-analysis_pages = [st.Page(str(p), title=_title(p)) for p in sorted(PAGES_DIR.glob("[1-8]_*.py"))]
-tools = [st.Page(str(PAGES_DIR / "9_Cache.py"), title="Cache")]
+numbered = sorted((p for p in PAGES_DIR.glob("*_*.py") if p.stem.split("_", 1)[0].isdigit()), key=_number)
+analysis_pages = [st.Page(str(p), title=_title(p)) for p in numbered if 0 < _number(p) < 99]
+tools = [st.Page(str(PAGES_DIR / "99_Cache.py"), title="Cache")]
 st.navigation({"": [home], "Analyses": analysis_pages, "Tools": tools}).run()

@@ -65,7 +65,7 @@ def test_cache_page_lists_and_deletes(tmp_path, monkeypatch, tiny_llama_dir):
     store = ActivationStore()
     entry = store.get_or_extract(load_model(str(tiny_llama_dir)), TextDataset.from_texts(["the cat sat"]))
     entry.close()  # an entry open in this process could not be deleted
-    at = AppTest.from_file(str(ROOT / "pages" / "9_Cache.py"), default_timeout=120).run()
+    at = AppTest.from_file(str(ROOT / "pages" / "99_Cache.py"), default_timeout=120).run()
     assert not at.exception
     assert entry.key in at.dataframe[0].value["key"].tolist()
     at.button(key="cache_verify").click().run()
