@@ -10,7 +10,7 @@ st.caption(
     "(Langedijk et al., NAACL Findings 2024). Layer 0 = embeddings; the last layer reproduces plain "
     "generation exactly. Built-in pair: model **t5-tasks** with dataset **seq2seq-tasks**."
 )
-choice = ui.sidebar(model_kinds=("seq2seq",))
+choice = ui.sidebar(model_kinds=("seq2seq",), page="decoder_lens", default_model="t5-tasks", default_data="seq2seq-tasks")
 cols = st.columns(4)
 c2 = st.columns(3)
 params = ui.param_widgets("decoder_lens", {

@@ -5,6 +5,8 @@ import streamlit as st
 from workbench import ui
 from workbench.errors import WorkbenchError
 
+from analyses.circuits import preview_examples
+
 ui.page_header("circuits")
 st.caption(
     "**SAE method** (O'Neill & Bui 2024): each head's output (z·W_O, averaged over positions) on positive and "
@@ -15,11 +17,12 @@ st.caption(
     "is the harmonic mean of TPR and TNR; true precision and recall are reported beside it. "
     "Try **attn-only-induction** with the induction task: a previous-token head feeds induction heads."
 )
-choice = ui.sidebar(model_kinds=("decoder",), need_data=False)
+choice = ui.sidebar(model_kinds=("decoder",), need_data=False, page="circuits", default_model="attn-only-induction")
 
 c = st.columns(4)
 params = ui.param_widgets("circuits", {
-    "task": dict(container=c[0], label="Task", key="circ_task",
+    # the induction task on the project's attention-only model gives a first figure in seconds
+    "task": dict(container=c[0], label="Task", key="circ_task", default="induction",
                  help="csv: your own prompt pairs (columns positive, negative, answer, optional wrong)"),
     # the page starts below the paper's 250 prompts so that a first run is quick
     "n_examples": dict(container=c[1], label="Prompts per side", key="circ_n", default=50,
@@ -52,13 +55,23 @@ params.update(ui.param_widgets("circuits", {
     "lambda": dict(container=sae[1], label="L1 λ (blank = task default)", key="circ_lam", step=0.005, format="%.3f"),
     "n_epochs": dict(container=sae[2], label="Epochs", key="circ_epochs"),
     "lr": dict(container=sae[3], label="Learning rate", key="circ_lr", format="%.4f"),
-    "n_sae_examples": dict(container=sae[4], label="Training examples", key="circ_nsae"),
+    # drawn from the 2 × prompts-per-side prompts: the widget offers only what the run accepts
+    "n_sae_examples": dict(container=sae[4], label="Training examples", key="circ_nsae",
+                           max_value=2 * params["n_examples"]),
     "edges": dict(container=sae_below, label="Edge (co-occurrence) score", key="circ_edges"),
 }))
 
 if task == "csv" and not params["task_file"]:
     st.info("Upload a task CSV to run the csv task.")
 else:
+    if choice.get("model"):
+        with st.expander("Example prompts of this task", expanded=False):
+            try:
+                st.dataframe(preview_examples(choice["model"], params), width="stretch", hide_index=True)
+            except WorkbenchError as exc:
+                st.error(str(exc))
+    st.caption("Cost: the SAE method runs two passes over the prompts; the ablation baseline one pass per head "
+               "(the slow part on a 30-layer model: set it to none, or lower the prompts per side).")
     result = ui.run("circuits", params, choice)
     if result is not None:
         s = result.summary
@@ -71,7 +84,9 @@ else:
         rt = s.get("runtimes_s", {})
         cols[2].metric("SAE run (s)", f"{rt.get('sae_run', 0):.1f}")
         if rt.get("ablation") is not None:
-            cols[3].metric("Ablation (s)", f"{rt['ablation']:.1f}", f"{rt['ablation_over_sae']:.1f}× slower",
+            ratio = rt["ablation_over_sae"]
+            cols[3].metric("Ablation (s)", f"{rt['ablation']:.1f}",
+                           f"{ratio:.1f}× the SAE's time" if ratio >= 1 else f"{1 / ratio:.1f}× faster than the SAE",
                            delta_color="off")
         if s.get("ground_truth"):
             st.caption(f"Ground truth: {s['ground_truth']['source']} ({s['ground_truth']['n_heads']} heads, "

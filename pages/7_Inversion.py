@@ -12,7 +12,7 @@ from workbench.models import builtin_models
 
 ui.page_header("inversion")
 decoders = [n for n, s in builtin_models().items() if s.kind == "decoder"]
-choice = ui.sidebar(model_kinds=("encoder",), allow_vectors=True)
+choice = ui.sidebar(model_kinds=("encoder",), allow_vectors=True, page="inversion", default_model="minilm-l6")
 st.caption("The sidebar's model is the **embedder** whose vectors are inverted; the proposer below is the "
            "causal LM that writes the candidates.")
 

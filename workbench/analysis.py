@@ -24,7 +24,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .data import TextDataset, TokenDataset, load_dataset, load_vectors, vectors_hash
+from .data import (IN_MEMORY, MAX_TEXTS_IN_COMMAND, TextDataset, TokenDataset, load_dataset, load_vectors,
+                   vectors_hash)
 from .errors import WorkbenchError
 from .models import LazyModel, ModelInfo, load_model
 from .params import COMMON_PARAMS, Param, defaults_of, validate_params  # noqa: F401
@@ -235,8 +236,15 @@ def run_analysis(name: str, model: str | ModelInfo | None = None, data: str | Te
     if not isinstance(table, pd.DataFrame):
         raise TypeError(f"{name}.run must return a DataFrame (or (DataFrame, dict)), got {type(table)}")
     data_ref = inputs.data_ref if inputs.data_ref and not inputs.data_ref.startswith("<") else None
+    options = _cli_options(columns, placement)
+    typed = inputs.data is not None and inputs.data.source == IN_MEMORY
+    if typed and len(inputs.data) <= MAX_TEXTS_IN_COMMAND:
+        options["--text"] = list(inputs.data.texts)  # typed input: the command carries the texts themselves
+    elif typed:
+        ctx.warn(f"{len(inputs.data)} texts were given in memory: save them to a file to reproduce this run "
+                 "from the command line (--data FILE).")
     cli = cli_command(name, inputs.model_ref, data_ref, inputs.vectors_ref, merged, defaults_of(declared),
-                      options=_cli_options(columns, placement))
+                      options=options)
     manifest = _manifest(spec, merged, ctx, inputs, summary, time.time() - t1, t0, cli)
     return Result(name, table.reset_index(drop=True), merged, summary, manifest)
 

@@ -184,8 +184,14 @@ def cmd_run(args) -> None:
     out = _out_folder(args.out)
     if args.vectors and (args.model or args.data):
         raise WorkbenchError("Give either --vectors or --model/--data, not both.")
+    if args.text and (args.data or args.vectors):
+        raise WorkbenchError("Give --text or --data (or --vectors), not both.")
     models = [] if args.vectors else (args.model or [_default_model_for(args.analysis)])
     data = None if args.vectors else (args.data or _default_data_for(args.analysis))
+    if args.text:
+        from .data import TextDataset
+
+        data = TextDataset.from_texts(args.text, name="text")
     t0 = time.time()
     kwargs = dict(data=data, vectors=args.vectors, params=params, progress=_progress_bar(args.analysis),
                   text_column=args.text_column, label_column=args.label_column, vector_column=args.vector_column,
@@ -356,6 +362,7 @@ def _add_run(sub) -> None:
     p.add_argument("analysis")
     p.add_argument("--model", action="append", help="repeat to overlay several models on the same data")
     p.add_argument("--data")
+    p.add_argument("--text", action="append", help="a text to analyse, typed here (repeatable; instead of --data)")
     p.add_argument("--vectors", help=".npy, or parquet/csv of numeric columns (instead of --model/--data)")
     p.add_argument("--vector-column", help="the column of a parquet/csv vectors file holding one list per row")
     p.add_argument("--out", required=True)

@@ -33,6 +33,10 @@ BUILTIN_DATASETS: dict[str, tuple[str, str | None, str | None, str]] = {
     "seq2seq-tasks": ("seq2seq_tasks.jsonl", "source", "task", "synthetic seq2seq tasks (DecoderLens)"),
 }
 DEFAULT_DATASET = "abstracts"
+#: the source of a dataset given as texts in memory (typed in the app, or `--text` on the command line)
+IN_MEMORY = "<texts>"
+#: texts given in memory are written into a reproducing command when there are at most this many
+MAX_TEXTS_IN_COMMAND = 20
 
 
 @dataclass
@@ -80,7 +84,8 @@ class TextDataset:
             if len(labels) != len(texts):
                 raise WorkbenchError(f"{len(labels)} labels for {len(texts)} texts: give one label per text.")
             frame["label"] = labels
-        return cls(name, texts, frame, "text", "label" if labels is not None else None, source=name)
+        # "<texts>": given in memory, not read from a file; the command line repeats them with --text
+        return cls(name, texts, frame, "text", "label" if labels is not None else None, source=IN_MEMORY)
 
 
 @dataclass

@@ -10,6 +10,7 @@ The core never imports a back-end by name: :func:`list_analyses` imports every m
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -74,6 +75,8 @@ class AnalysisSpec:
 
 
 _REGISTRY: dict[str, AnalysisSpec] = {}
+#: back-ends that failed to import, with the error (``workbench analyses`` lists them)
+BROKEN: dict[str, str] = {}
 _DISCOVERED = False
 
 
@@ -91,7 +94,11 @@ def _discover() -> None:
 
     for info in pkgutil.iter_modules(analyses.__path__):
         if not info.name.startswith("_"):
-            importlib.import_module(f"analyses.{info.name}")
+            try:
+                importlib.import_module(f"analyses.{info.name}")
+            except Exception as exc:  # one broken back-end must not take the others down; it is reported
+                BROKEN[info.name] = f"{exc.__class__.__name__}: {exc}"
+                logging.getLogger(__name__).warning("back-end analyses.%s failed to import: %s", info.name, exc)
 
 
 def list_analyses() -> list[AnalysisSpec]:
@@ -102,5 +109,6 @@ def list_analyses() -> list[AnalysisSpec]:
 def get_analysis(name: str) -> AnalysisSpec:
     _discover()
     if name not in _REGISTRY:
-        raise WorkbenchError(f"No analysis {name!r}; available: {', '.join(sorted(_REGISTRY))}.")
+        broken = "".join(f" The back-end analyses.{b} failed to import ({e})." for b, e in BROKEN.items())
+        raise WorkbenchError(f"No analysis {name!r}; available: {', '.join(sorted(_REGISTRY))}.{broken}")
     return _REGISTRY[name]

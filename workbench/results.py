@@ -53,8 +53,9 @@ def cli_command(analysis: str, model: str | None, data: str | None, vectors: str
     if vectors:
         parts += ["--vectors", vectors]
     for flag, value in (options or {}).items():
-        if value is not None:
-            parts += [flag, str(value)]
+        for one in (value if isinstance(value, list) else [value]):  # a list repeats the flag
+            if one is not None:
+                parts += [flag, str(one)]
     parts += ["--out", "out/" + analysis]
     for key, value in params.items():
         if key in defaults and defaults[key] == value:

@@ -20,7 +20,7 @@ import streamlit as st
 
 from .data import BUILTIN_DATASETS, DEFAULT_DATASET, TextDataset, list_datasets, load_dataset, load_vectors
 from .errors import WorkbenchError
-from .models import DEFAULT_MODEL, builtin_models
+from .models import builtin_models
 from .paths import cache_dir
 
 MAX_UPLOAD_MB = 200
@@ -30,10 +30,10 @@ PATH = "A file path…"
 
 
 @st.cache_resource(show_spinner="Loading model…")
-def get_model(name: str):
+def get_model(name: str, device: str = "auto", dtype: str = "auto"):
     from .models import load_model
 
-    return load_model(name)
+    return load_model(name, device=device, dtype=dtype)
 
 
 @st.cache_resource(show_spinner=False)
@@ -57,16 +57,112 @@ def _save_upload(upload) -> Path:
     return path
 
 
-def sidebar(model_kinds: tuple[str, ...] = ("decoder", "encoder", "seq2seq"), need_data: bool = True,
-            allow_vectors: bool = False) -> dict:
-    """Model and dataset pickers shared by every page (kept in ``st.session_state``).
+def page_models(model_kinds: tuple[str, ...], need_data: bool, synthetic: bool = False) -> list[str]:
+    """Built-in models a page offers: of its kinds, and — on pages that read natural text — not the
+    project's toy models trained on synthetic data (``synthetic=True`` lets a page offer them)."""
+    return [n for n, s in builtin_models().items()
+            if s.kind in model_kinds and (synthetic or not need_data or s.trained_on is None or s.suits_data)]
 
-    Returns ``{"model": name | None, "data": TextDataset | None, "data_ref": str, "vectors": array | None}``.
-    """
+
+def _model_picker(page: str, names: list[str], default: str | None) -> str | None:
+    """The page's model: the preferred model when this page takes it, else the page's own last valid
+    choice, else its default; never silently replaced by a model the page cannot take."""
     ss = st.session_state
-    specs = builtin_models()
-    names = [n for n, s in specs.items() if s.kind in model_kinds]
-    choice = {"model": None, "data": None, "data_ref": None, "vectors": None}
+    own_key = f"model@{page}"
+    preferred = ss.get("model")
+    if preferred in names:
+        current = preferred
+    elif ss.get(own_key) in names:
+        current = ss[own_key]
+    elif preferred and preferred not in builtin_models():  # a hub id or folder: the page checks it when it runs
+        current = OTHER_MODEL
+    else:
+        current = default if default in names else (names[0] if names else OTHER_MODEL)
+    options = names + [OTHER_MODEL]
+    picked = st.selectbox("Model", options, index=options.index(current), key=f"model_select@{page}",
+                          help="The built-in models this page takes (they load offline); a hub id needs a network.")
+    if picked == OTHER_MODEL:
+        other = st.text_input("Hub id or local folder", value=ss.get("model_other", ""), key=f"model_other@{page}")
+        ss["model_other"] = other
+        return other.strip() or None
+    ss[own_key] = picked
+    ss["model"] = picked
+    return picked
+
+
+def _placement() -> dict:
+    """Device and precision, offering only what this machine has."""
+    from .models import DTYPES, available_devices
+
+    with st.expander("Device and precision", expanded=False):
+        device = st.selectbox("Device", ["auto"] + available_devices(), key="device",
+                              help="auto: the first GPU when there is one, else the CPU")
+        dtype = st.selectbox("Precision", ["auto", *DTYPES], key="dtype",
+                             help="auto: bfloat16 on GPUs that support it, float32 on the CPU")
+    return {"device": device, "dtype": dtype}
+
+
+def _vectors_input(choice: dict) -> None:
+    upload = st.file_uploader("Vectors file", type=["npy", "parquet", "csv"], key="vectors_upload")
+    if upload is not None:
+        try:
+            path = _save_upload(upload)
+            choice["vectors"] = load_vectors(path)
+            choice["data_ref"] = str(path)
+            st.caption(f"{choice['vectors'].shape[0]} vectors × {choice['vectors'].shape[1]} dims")
+        except WorkbenchError as exc:
+            st.error(str(exc))
+
+
+def _dataset_input(choice: dict, default_data: str | None) -> None:
+    ss = st.session_state
+    builtin = [d["name"] for d in list_datasets()]
+    opts = builtin + [PATH, UPLOAD]
+    current = ss.get("dataset", default_data or DEFAULT_DATASET)
+    ds_choice = st.selectbox("Dataset", opts, index=opts.index(current) if current in opts else 0, key="dataset_select")
+    ss["dataset"] = ds_choice
+    spec = None
+    if ds_choice == PATH:
+        spec = st.text_input("Path (.txt, .csv, .jsonl, .parquet)", value=ss.get("dataset_path", ""),
+                             key="dataset_path_input").strip() or None
+        ss["dataset_path"] = spec or ""
+    elif ds_choice == UPLOAD:
+        upload = st.file_uploader(f"Text file (≤ {MAX_UPLOAD_MB} MB)", type=["txt", "csv", "jsonl", "parquet"],
+                                  key="dataset_upload")
+        if upload is not None:
+            try:
+                spec = str(_save_upload(upload))
+            except WorkbenchError as exc:
+                st.error(str(exc))
+    else:
+        spec = ds_choice
+        st.caption(BUILTIN_DATASETS[ds_choice][3])
+    text_col = label_col = None
+    if spec and spec not in BUILTIN_DATASETS and Path(spec).suffix.lower() in {".csv", ".jsonl", ".parquet"}:
+        text_col = st.text_input("Text column (blank: guess)", key="text_column") or None
+        label_col = st.text_input("Label column (optional)", key="label_column") or None
+    if spec:
+        try:
+            choice["data"] = _dataset(spec, text_col, label_col)
+            choice["data_ref"] = spec
+            st.caption(f"{len(choice['data'])} texts")
+        except WorkbenchError as exc:
+            st.error(str(exc))
+
+
+def sidebar(model_kinds: tuple[str, ...] = ("decoder", "encoder", "seq2seq"), need_data: bool = True,
+            allow_vectors: bool = False, page: str | None = None, default_model: str | None = None,
+            default_data: str | None = None, synthetic: bool = False) -> dict:
+    """Model, dataset, device and precision pickers shared by every page (kept in ``st.session_state``).
+
+    Each page offers only the models it takes (:func:`page_models`) and keeps its own valid choice.
+    Returns ``{"model", "data", "data_ref", "vectors", "device", "dtype", "mismatch"}``; ``mismatch`` is
+    a sentence when the model does not suit the data (a page shows it and runs only if the user insists).
+    """
+    from .models.registry import DEFAULT_MODEL as _DEFAULT, data_mismatch
+
+    page = page or "/".join(model_kinds)
+    choice = {"model": None, "data": None, "data_ref": None, "vectors": None, "mismatch": None}
     with st.sidebar:
         st.header("Model and data")
         source = "model"
@@ -74,68 +170,17 @@ def sidebar(model_kinds: tuple[str, ...] = ("decoder", "encoder", "seq2seq"), ne
             source = st.radio("Input", ["model", "vectors"], horizontal=True, key="input_source",
                               format_func=lambda s: {"model": "model + dataset", "vectors": "my vectors (.npy/.parquet/.csv)"}[s])
         if source == "vectors":
-            upload = st.file_uploader("Vectors file", type=["npy", "parquet", "csv"], key="vectors_upload")
-            if upload is not None:
-                try:
-                    path = _save_upload(upload)
-                    choice["vectors"] = load_vectors(path)
-                    choice["data_ref"] = str(path)
-                    st.caption(f"{choice['vectors'].shape[0]} vectors × {choice['vectors'].shape[1]} dims")
-                except WorkbenchError as exc:
-                    st.error(str(exc))
+            _vectors_input(choice)
             return choice
-        options = names + [OTHER_MODEL]
-        current = ss.get("model", DEFAULT_MODEL)
-        if current not in names and current != OTHER_MODEL:
-            ss["model_other"] = current
-            current = OTHER_MODEL
-        default_index = options.index(current) if current in options else 0
-        picked = st.selectbox("Model", options, index=default_index, key="model_select",
-                              help="Built-in models load offline; a hub id needs a network.")
-        if picked == OTHER_MODEL:
-            other = st.text_input("Hub id or local folder", value=ss.get("model_other", ""), key="model_other_input")
-            ss["model_other"] = other
-            choice["model"] = other.strip() or None
-        else:
-            choice["model"] = picked
-        if choice["model"]:
-            ss["model"] = choice["model"]
-            if choice["model"] in specs:
-                st.caption(specs[choice["model"]].description)
+        names = page_models(model_kinds, need_data, synthetic)
+        choice["model"] = _model_picker(page, names, default_model or _DEFAULT)
+        if choice["model"] in builtin_models():
+            st.caption(builtin_models()[choice["model"]].description)
         if need_data:
-            builtin = [d["name"] for d in list_datasets()]
-            opts = builtin + [PATH, UPLOAD]
-            current = ss.get("dataset", DEFAULT_DATASET)
-            idx = opts.index(current) if current in opts else 0
-            ds_choice = st.selectbox("Dataset", opts, index=idx, key="dataset_select")
-            ss["dataset"] = ds_choice
-            spec = None
-            if ds_choice == PATH:
-                spec = st.text_input("Path (.txt, .csv, .jsonl, .parquet)", value=ss.get("dataset_path", ""),
-                                     key="dataset_path_input").strip() or None
-                ss["dataset_path"] = spec or ""
-            elif ds_choice == UPLOAD:
-                upload = st.file_uploader(f"Text file (≤ {MAX_UPLOAD_MB} MB)", type=["txt", "csv", "jsonl", "parquet"],
-                                          key="dataset_upload")
-                if upload is not None:
-                    try:
-                        spec = str(_save_upload(upload))
-                    except WorkbenchError as exc:
-                        st.error(str(exc))
-            else:
-                spec = ds_choice
-                st.caption(BUILTIN_DATASETS[ds_choice][3])
-            text_col = label_col = None
-            if spec and spec not in BUILTIN_DATASETS and Path(spec).suffix.lower() in {".csv", ".jsonl", ".parquet"}:
-                text_col = st.text_input("Text column (blank: guess)", key="text_column") or None
-                label_col = st.text_input("Label column (optional)", key="label_column") or None
-            if spec:
-                try:
-                    choice["data"] = _dataset(spec, text_col, label_col)
-                    choice["data_ref"] = spec
-                    st.caption(f"{len(choice['data'])} texts")
-                except WorkbenchError as exc:
-                    st.error(str(exc))
+            _dataset_input(choice, default_data)
+        choice.update(_placement())
+        if choice["model"] and choice.get("data") is not None:
+            choice["mismatch"] = data_mismatch(choice["model"], choice["data_ref"])
     return choice
 
 
@@ -162,7 +207,8 @@ def param_widget(analysis: str, name: str, container=st, *, key: str, label: str
     """The widget for one parameter of ``analysis``, built from its :class:`~workbench.analysis.Param`.
 
     A selectbox for choices (or for ``options``, a subset of the allowed values), a checkbox for
-    booleans, a number input (or with ``slider=True`` a slider) bounded exactly as declared for numbers,
+    booleans, a number input (or with ``slider=True`` a slider) bounded exactly as declared for numbers
+    (``min_value``/``max_value`` may narrow the range, never widen it),
     a text input otherwise (blank = None for nullable parameters). ``default`` overrides the declared
     default where a page wants a cheaper start (it must be allowed). ``widget_kwargs`` go to the widget
     (step, format, disabled, format_func, help). Returns the widget's value.
@@ -180,6 +226,12 @@ def param_widget(analysis: str, name: str, container=st, *, key: str, label: str
         return container.checkbox(label, bool(value), key=key, **widget_kwargs)
     if param.type in (int, float):
         low, high = _widget_bounds(param)
+        # a page may narrow the declared range (e.g. a bound that depends on another widget), never widen it
+        if widget_kwargs.get("min_value") is not None:
+            low = max(low, widget_kwargs["min_value"]) if low is not None else widget_kwargs["min_value"]
+        if widget_kwargs.get("max_value") is not None:
+            high = min(high, widget_kwargs["max_value"]) if high is not None else widget_kwargs["max_value"]
+        widget_kwargs.pop("min_value", None), widget_kwargs.pop("max_value", None)
         cast = int if param.type is int else float
         value = None if value is None else cast(value)
         if "step" in widget_kwargs:
@@ -215,7 +267,8 @@ def run(analysis: str, params: dict, choice: dict, button_label: str = "Run", au
     ss = st.session_state
     results = ss.setdefault("_results", {})
     models = [choice.get("model")] + [m for m in overlay if m != choice.get("model")]
-    key = result_key(analysis, models, choice.get("data_ref"), choice.get("vectors"), params)
+    key = result_key(analysis, models + [choice.get("device"), choice.get("dtype")], choice.get("data_ref"),
+                     choice.get("vectors"), params)
     # with auto=True the analysis reruns whenever its inputs change: a button would only repeat that
     clicked = False if auto else st.button(button_label, type="primary", key=f"run_{analysis}")
     if key not in results:
@@ -224,6 +277,10 @@ def run(analysis: str, params: dict, choice: dict, button_label: str = "Run", au
             return None
         if choice.get("model") is None and choice.get("vectors") is None:
             st.warning("Pick a model (or vectors) in the sidebar.")
+            return None
+        if choice.get("mismatch") and not st.session_state.get(f"insist@{analysis}"):
+            st.warning(choice["mismatch"] + " Pick another model or dataset, or tick below to run anyway.")
+            st.checkbox("Run anyway", key=f"insist@{analysis}")
             return None
         result = _run_with_progress(analysis, params, choice, models, on_step, run_analysis, run_many)
         if result is None:
@@ -243,21 +300,24 @@ def _run_with_progress(analysis, params, choice, models, on_step, run_analysis, 
         frac = min(done / total, 1.0) if total else 0.0
         bar.progress(frac, text=message or f"{done}/{total} ({time.time() - t0:.0f} s)")
 
+    placement = {"device": choice.get("device", "auto"), "dtype": choice.get("dtype", "auto")}
+    # the placement also goes to the run, for the reproducing command line (the model comes loaded)
     kwargs = dict(data=choice.get("data"), vectors=choice.get("vectors"), params=params, progress=progress,
-                  on_step=on_step)
+                  on_step=on_step, **placement)
     try:
         if choice.get("model") is None:
             result = run_analysis(analysis, model=None, **kwargs)
         elif len(models) == 1:
-            result = run_analysis(analysis, model=get_model(models[0]), **kwargs)
+            result = run_analysis(analysis, model=get_model(models[0], **placement), **kwargs)
         else:
-            result = run_many(analysis, [get_model(m) for m in models], **kwargs)
+            result = run_many(analysis, [get_model(m, **placement) for m in models], **kwargs)
     except WorkbenchError as exc:
         st.error(str(exc))
         return None
     finally:
         bar.empty()
-    if choice.get("data_ref") and result.manifest.get("dataset"):
+    typed = str(choice.get("data_ref") or "").startswith(("prompt:", "text:"))
+    if choice.get("data_ref") and result.manifest.get("dataset") and not typed:
         # the CLI line must name the dataset the way the user chose it
         result.manifest["cli"] = result.manifest["cli"].replace(
             f"--data {result.manifest['dataset']['source']}", f"--data {choice['data_ref']}")

@@ -19,6 +19,7 @@ clean activations come from the activation store, forwards with interventions fr
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -55,38 +56,82 @@ def _grid(table, column):
     return grid
 
 
+def preview_examples(model_name: str, params: dict, n: int = 3) -> pd.DataFrame:
+    """The first ``n`` prompt pairs the task makes for this model (its tokenizer only, no weights)."""
+    from workbench.models import load_tokenizer
+    from workbench.tasks import make_task
+
+    p = {**DEFAULTS, **params}
+    task = make_task(str(p["task"]), load_tokenizer(model_name), max(int(n), 1), seed=int(p.get("seed", 0)),
+                     task_file=p.get("task_file") or None, period=int(p["period"]), prepend_bos=bool(p["prepend_bos"]))
+    rows = []
+    for i in range(min(n, len(task.positive))):
+        pos = task.texts_positive[i] if i < len(task.texts_positive) else str(task.positive[i][:20])
+        neg = task.texts_negative[i] if i < len(task.texts_negative) else str(task.negative[i][:20])
+        rows.append({"positive prompt": pos, "negative prompt": neg, "tokens": len(task.positive[i])})
+    return pd.DataFrame(rows)
+
+
+PANELS = (("sae_score", "SAE node score"), ("ablation_effect", "ablation effect (metric drop)"),
+          ("induction_score", "induction score"))
+
+
+def roc_points(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) of the threshold sweep of ``scores`` against the boolean ``truth`` (ties together)."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(truth.astype(int), scores)
+    return fpr, tpr
+
+
+def _reference(table: pd.DataFrame) -> tuple[str, np.ndarray] | None:
+    for mark, name in (("ground_truth", "ground truth"), ("in_ablation_circuit", "ablation circuit")):
+        if mark in table and table[mark].notna().all() and table[mark].astype(bool).any():
+            return name, table[mark].astype(bool).to_numpy()
+    return None
+
+
 def figure(result: Result):
-    """Heatmaps (layer x head): SAE node score, ablation effect; reference heads outlined."""
+    """Layer × head heatmaps (SAE node score, ablation effect, induction score), each with its own
+    colour bar, the reference heads marked, and the ROC curve of the SAE score against the reference."""
     table = result.table
-    panels = [("sae_score", "SAE node score (mean over seeds)")]
-    if "ablation_effect" in table:
-        panels.append(("ablation_effect", "Ablation effect (metric drop)"))
-    if "induction_score" in table:
-        panels.append(("induction_score", "Induction score"))
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, t in panels], horizontal_spacing=0.08)
+    panels = [(c, t) for c, t in PANELS if c in table and table[c].notna().any()]
+    ref = _reference(table)
+    n = len(panels) + (ref is not None)
+    titles = [t for _, t in panels] + ([f"ROC of the SAE score vs the {ref[0]}"] if ref else [])
+    fig = make_subplots(rows=1, cols=n, subplot_titles=titles, horizontal_spacing=0.1)
     for i, (col, title) in enumerate(panels, start=1):
-        fig.add_trace(go.Heatmap(z=_grid(table, col), colorscale="Viridis", showscale=(i == len(panels)),
+        # one colour bar per panel, beside it: the panels measure different things
+        x_end = fig.layout[f"xaxis{'' if i == 1 else i}"].domain[1]
+        fig.add_trace(go.Heatmap(z=_grid(table, col), colorscale="Viridis", colorbar=dict(x=x_end + 0.005, len=0.8,
+                                 thickness=10, title=dict(text=title.split(" (")[0], side="right")),
                                  hovertemplate="layer %{y}, head %{x}<br>" + col + " %{z:.4g}<extra></extra>"),
                       row=1, col=i)
-        for mark, symbol, name in (("ground_truth", "x", "ground truth"), ("in_ablation_circuit", "circle-open",
-                                                                            "ablation circuit")):
-            if mark in table and table[mark].notna().all() and table[mark].astype(bool).any():
-                sel = table[table[mark].astype(bool)]
-                fig.add_trace(go.Scatter(x=sel["head"], y=sel["layer"], mode="markers", name=name,
-                                         marker=dict(symbol=symbol, size=9, color="red" if mark == "ground_truth"
-                                                     else "white", line=dict(width=2, color="red")),
-                                         showlegend=(i == 1)), row=1, col=i)
+        if ref is not None:
+            sel = table[ref[1]]
+            fig.add_trace(go.Scatter(x=sel["head"], y=sel["layer"], mode="markers", name=ref[0], showlegend=i == 1,
+                                     marker=dict(symbol="circle-open", size=10, line=dict(width=2, color="red"))),
+                          row=1, col=i)
         fig.update_xaxes(title_text="head", row=1, col=i)
         fig.update_yaxes(title_text="layer", row=1, col=i, autorange="reversed")
+    if ref is not None:
+        fpr, tpr = roc_points(table["sae_score"].to_numpy(), ref[1])
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines+markers", name="SAE node score", line=dict(shape="hv"),
+                                 showlegend=False), row=1, col=n)
+        fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"),
+                                 showlegend=False, hoverinfo="skip"), row=1, col=n)
+        fig.update_xaxes(title_text="false positive rate", range=[0, 1], row=1, col=n)
+        fig.update_yaxes(title_text="true positive rate", range=[0, 1.02], row=1, col=n)
     s = result.summary or {}
     parts = [f"task {s.get('task')}"]
-    for ref in ("ablation", "ground_truth"):
-        block = s.get(f"vs_{ref}")
+    for which in ("ablation", "ground_truth"):
+        block = s.get(f"vs_{which}")
         if block and block.get("node_roc_auc_mean") is not None:
-            parts.append(f"node ROC-AUC vs {ref.replace('_', ' ')} {block['node_roc_auc_mean']:.3f}"
+            parts.append(f"node ROC-AUC vs {which.replace('_', ' ')} {block['node_roc_auc_mean']:.3f}"
                          f" ± {block['node_roc_auc_sd']:.3f}")
-    fig.update_layout(title="; ".join(parts), height=420 + 8 * int(table["layer"].max()),
-                      width=max(700, 420 * len(panels)))
+    fig.update_layout(title="; ".join(parts), height=440 + 8 * int(table["layer"].max()),
+                      width=max(760, 430 * n), template="plotly_white",
+                      legend=dict(orientation="h", y=-0.18, x=0), margin=dict(t=80, b=90))
     return fig
 
 

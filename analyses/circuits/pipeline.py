@@ -69,8 +69,9 @@ DEFAULTS = defaults_of(PARAMS)
 def check_params(p: dict) -> None:
     """The constraint between parameters (each one is checked by its :class:`Param`)."""
     if p["n_sae_examples"] > 2 * p["n_examples"]:
-        raise WorkbenchError(f"circuits: n_sae_examples ({p['n_sae_examples']}) cannot exceed the 2 * n_examples "
-                             f"= {2 * p['n_examples']} prompts available.")
+        raise WorkbenchError(f"circuits: the SAE's training examples (n_sae_examples = {p['n_sae_examples']}) are drawn "
+                             f"from the {2 * p['n_examples']} prompts (n_examples = {p['n_examples']} a side): lower "
+                             "the training examples or raise the prompts per side.")
 
 
 def build_task(model, p: dict, seed: int) -> tuple[Task, float]:

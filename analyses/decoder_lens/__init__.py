@@ -169,12 +169,14 @@ def _output_table(table: pd.DataFrame, tasks: list, per_task: int):
     t = table[table["example"].isin(pick)].copy()
     t["order"] = t["example"].map({e: n for n, e in enumerate(pick)})
     t = t.sort_values(["order", "layer", "variant"])
+    reference = t["reference"] if "reference" in t else pd.Series([""] * len(t), index=t.index)
     return go.Table(
-        columnwidth=[60, 160, 40, 70, 160, 40, 40],
-        header={"values": ["task", "source", "layer", "variant", "output", "EM", "chrF"], "align": "left"},
+        columnwidth=[60, 150, 120, 40, 70, 150, 40, 40],
+        header={"values": ["task", "source", "reference", "layer", "variant", "output", "EM", "chrF"],
+                "align": "left"},
         cells={
             "values": [
-                t["task"], t["source"], t["layer"], t["variant"], t["output"],
+                t["task"], t["source"], reference.fillna(""), t["layer"], t["variant"], t["output"],
                 t["exact_match"].map(lambda x: "" if pd.isna(x) else ("✓" if x else "✗")),
                 t["chrf"].map(lambda x: "" if pd.isna(x) else f"{x:.0f}"),
             ],

@@ -13,7 +13,7 @@ from . import results_tables
 from .cli import TRAIN_LENS
 from .core import TunedLens, Unembed, stats_from_logprobs  # noqa: F401
 from .train import find_lens, load_lens, train_command_hint, train_tuned_lens  # noqa: F401
-from .analysis import COLOR_BY, curves, heatmap, layer_means  # noqa: F401,E402
+from .analysis import COLOR_BY, color_range, curves, heatmap, layer_means, visible  # noqa: F401,E402
 
 
 def lens_status(model_name: str) -> dict:

@@ -194,56 +194,88 @@ def _run(ctx, lens_kind: str):
 # Figures
 # --------------------------------------------------------------------------------------------
 COLOR_BY = {"p_top1": "probability of the top token", "p_target": "probability of the target",
-            "kl": "KL(final ‖ layer), nats", "rank": "log10 rank of the target", "entropy": "entropy, nats"}
+            "kl": "KL(final ‖ layer), nats", "rank": "rank of the target (log scale)", "entropy": "entropy, nats"}
+#: colour bars of unbounded quantities stop at this percentile of the shown cells (layer 0 would saturate them)
+CLIP_PERCENTILE = 99
+_VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "↵"}
 
 
-def heatmap(table: pd.DataFrame, lens: str = "logit", text: int = 0, color: str = "p_top1",
-            site: str | None = None) -> go.Figure:
-    """Layers × positions of one text; cell text = top token, colour = ``color``, hover = top-k."""
-    sub = table[(table["lens"] == lens) & (table["text"] == text)]
-    if site is not None:
-        sub = sub[sub["site"] == site]
-    if sub.empty:
-        raise WorkbenchError(f"No rows for lens {lens!r}, text {text}.")
+def visible(token: str, width: int = 10) -> str:
+    """A token as a cell label: whitespace shown (␣ ↵ ⇥), empty as ∅, cut to ``width`` characters."""
+    shown = "".join(_VISIBLE.get(ch, ch) for ch in str(token)) or "∅"
+    return shown if len(shown) <= width else shown[: width - 1] + "…"
+
+
+def color_range(tables: list[pd.DataFrame], color: str) -> tuple[float, float]:
+    """One colour range for every panel showing ``color`` (so one colour means one value): [0, 1] for
+    probabilities, else from 0 (rank: from 1) to the :data:`CLIP_PERCENTILE` percentile of all cells."""
+    if color in {"p_top1", "p_target"}:
+        return 0.0, 1.0
+    values = np.concatenate([t[color].to_numpy(dtype=float) for t in tables if len(t)])
+    if color == "rank":
+        return 0.0, max(float(np.log10(np.nanpercentile(values, CLIP_PERCENTILE))), 1.0)
+    return 0.0, max(float(np.nanpercentile(values, CLIP_PERCENTILE)), 1e-6)
+
+
+def _grid(sub: pd.DataFrame, color: str):
     layers = np.sort(sub["layer"].unique())
     positions = np.sort(sub["position"].unique())
-    grid = sub.set_index(["layer", "position"])
     shape = (len(layers), len(positions))
     z = np.full(shape, np.nan)
     cell, hover = np.full(shape, "", dtype=object), np.full(shape, "", dtype=object)
     li = {v: k for k, v in enumerate(layers)}
     pi = {v: k for k, v in enumerate(positions)}
-    for (layer, position), row in grid.iterrows():
+    for (layer, position), row in sub.set_index(["layer", "position"]).iterrows():
         r, c = li[layer], pi[position]
         value = row[color]
         z[r, c] = np.log10(value) if color == "rank" else value
-        cell[r, c] = str(row["top1"])[:8]
+        cell[r, c] = visible(row["top1"], 8)
         tops = json.loads(row["topk_tokens"])
         probs = json.loads(row["topk_probs"])
-        hover[r, c] = (f"layer {layer:g}, pos {position} {row['input_token']!r}<br>"
-                       + "<br>".join(f"{t!r}: {q:.3f}" for t, q in zip(tops, probs))
-                       + f"<br>target {row['target_token']!r}: p={row['p_target']:.3g}, rank {row['rank']}"
+        hover[r, c] = (f"layer {layer:g}, pos {position} {visible(row['input_token'], 30)}<br>"
+                       + "<br>".join(f"{visible(t, 30)}: {q:.3f}" for t, q in zip(tops, probs))
+                       + f"<br>target {visible(row['target_token'], 30)}: p={row['p_target']:.3g}, rank {row['rank']}"
                        + f"<br>KL {row['kl']:.3f} nats, entropy {row['entropy']:.3f}")
+    return layers, positions, z, cell, hover
+
+
+def heatmap(table: pd.DataFrame, lens: str = "logit", text: int = 0, color: str = "p_top1",
+            site: str | None = None, zrange: tuple[float, float] | None = None) -> go.Figure:
+    """Layers × positions of one text; cell text = top token, colour = ``color``, hover = top-k.
+
+    ``zrange``: the colour range (give the same to every panel compared; default :func:`color_range`)."""
+    sub = table[(table["lens"] == lens) & (table["text"] == text)]
+    if site is not None:
+        sub = sub[sub["site"] == site]
+    if sub.empty:
+        raise WorkbenchError(f"No rows for lens {lens!r}, text {text}.")
+    layers, positions, z, cell, hover = _grid(sub, color)
     inputs = sub.drop_duplicates("position").set_index("position")["input_token"]
-    ticks = [f"{p}:{inputs.get(p, '')!s}"[:14] for p in positions]
+    ticks = [f"{p}: {visible(inputs.get(p, ''), 12)}" for p in positions]
+    lo, hi = zrange or color_range([sub], color)
+    bar = {"title": {"text": COLOR_BY.get(color, color).replace(", ", "<br>").replace(" (", "<br>("), "side": "right"}}
+    if color == "rank":
+        ticks_at = [v for v in range(int(hi) + 1)]
+        bar.update(tickvals=ticks_at, ticktext=[f"{10 ** v:g}" for v in ticks_at])
     scale = "Viridis" if color in {"p_top1", "p_target"} else "Viridis_r"
     fig = go.Figure(go.Heatmap(z=z, x=ticks, y=[f"{v:g}" for v in layers], text=cell, texttemplate="%{text}",
                                textfont={"size": 9}, customdata=hover, hovertemplate="%{customdata}<extra></extra>",
-                               colorscale=scale, colorbar={"title": COLOR_BY.get(color, color)[:20]},
-                               zmin=0 if color in {"p_top1", "p_target"} else None,
-                               zmax=1 if color in {"p_top1", "p_target"} else None))
-    fig.update_layout(title=f"{lens} lens, text {text}: top token per layer and position (colour: {COLOR_BY.get(color, color)})",
-                      xaxis_title="position: input token", yaxis_title="layer (0 = embeddings)",
-                      height=max(420, 18 * len(layers) + 120), template="plotly_white",
-                      margin=dict(t=60, l=60, r=20, b=80))
+                               colorscale=scale, colorbar=bar, zmin=lo, zmax=hi))
+    clip = "" if color in {"p_top1", "p_target"} else f"; colour clipped at the {CLIP_PERCENTILE}th percentile"
+    fig.update_layout(title={"text": f"{lens} lens, text {text}: top token per layer and position<br>"
+                             f"<sup>colour: {COLOR_BY.get(color, color)}{clip}; ␣ = space, ↵ = newline</sup>"},
+                      xaxis={"title": "position: input token", "tickangle": -45},
+                      yaxis_title="layer (0 = embeddings)",
+                      height=max(460, 18 * len(layers) + 180), template="plotly_white",
+                      margin=dict(t=90, l=70, r=30, b=120))
     return fig
 
 
 def curves(table: pd.DataFrame) -> go.Figure:
-    """Per-layer means over every position: KL, rank (log axis) and entropy, one line per lens/site."""
+    """Per-layer means over every position: KL, rank (log axis from 1) and entropy, one line per lens/site."""
     means = layer_means(table)
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("KL(final ‖ layer), nats", "mean rank of target",
-                                                        "entropy, nats"))
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("KL(final ‖ layer)", "mean rank of the target",
+                                                        "entropy"))
     colors = {"logit": "#1f77b4", "tuned": "#d62728"}
     for (lens, site), g in means.groupby(["lens", "site"], sort=False):
         name = f"{lens} lens" + (" (after attention)" if site == "resid_mid" else "")
@@ -253,9 +285,14 @@ def curves(table: pd.DataFrame) -> go.Figure:
                                      mode="lines+markers", line={"color": colors.get(lens), "dash": dash},
                                      hovertemplate=f"layer %{{x}}<br>{key} %{{y:.4g}}<extra>{name}</extra>"),
                           row=1, col=col)
-    fig.update_yaxes(type="log", row=1, col=2)
+    top = max(float(means["rank"].max()), 10.0)
+    decades = list(range(int(np.ceil(np.log10(top))) + 1))
+    fig.update_yaxes(type="log", row=1, col=2, range=[0, np.log10(top) * 1.05],
+                     tickvals=[10 ** d for d in decades], ticktext=[f"{10 ** d:,}" for d in decades], title_text="rank")
+    fig.update_yaxes(title_text="nats", row=1, col=1)
+    fig.update_yaxes(title_text="nats", row=1, col=3)
     fig.update_xaxes(title_text="layer")
-    fig.update_layout(height=380, template="plotly_white", margin=dict(t=50, l=50, r=20, b=50),
+    fig.update_layout(height=400, template="plotly_white", margin=dict(t=70, l=60, r=20, b=50),
                       title=f"Per-layer means over {table.drop_duplicates(['text', 'position']).shape[0]} positions")
     return fig
 

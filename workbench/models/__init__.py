@@ -11,7 +11,8 @@ from .info import (HOOK_GROUPS, SENTENCE_EMBEDDING, LazyModel, ModelInfo, finger
                    resid_hook)
 from .loaded import LoadedModel  # noqa: F401
 from .loading import (DTYPES, LOAD_CHECK_TOLERANCE, LOGIT_CHECK_TOLERANCE, available_devices,  # noqa: F401
-                      load_model, model_card, parse_max_memory, resolve_device, resolve_dtype, shared_twin)
+                      load_model, load_tokenizer, model_card, parse_max_memory, resolve_device, resolve_dtype,
+                      shared_twin)
 from .registry import DEFAULT_MODEL, ModelSpec, builtin_models, list_models, resolve_source  # noqa: F401
 
 

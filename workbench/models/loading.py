@@ -388,3 +388,15 @@ def load_check(model: LoadedModel, ids: torch.Tensor, plain: torch.Tensor) -> di
             "kv_step_max_abs_diff": kv_diff, "kv_greedy_tokens": greedy_kv, "kv_greedy_match": match,
             "kv_cache_ok": bool(kv_ok), "tolerance": tol, "dtype": model.dtype, "device": model.device,
             "logit_check_text": LOGIT_CHECK_TEXT}
+
+
+@lru_cache(maxsize=8)
+def load_tokenizer(name: str):
+    """A model's tokenizer alone (no weights): for previews of prompts and token counts."""
+    from transformers import AutoTokenizer
+
+    folder, source, local_only = resolve_source(name)
+    tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok

@@ -46,6 +46,8 @@ class ModelSpec:
     resolve: Callable[[], Path]  # returns a folder transformers can load offline
     source: str = ""
     terms: Callable[[], str] | None = None  # where the model's terms of use are, when it has its own
+    trained_on: str | None = None  # None: general text; else what it was trained on (a toy model's data)
+    suits_data: tuple[str, ...] = ()  # built-in datasets a toy model is meant for
 
 
 def _convert_gguf(name: str, locate: Callable[[Path], tuple[Path, str]], source: str) -> Path:
@@ -147,8 +149,24 @@ def _discover_project_models() -> dict[str, ModelSpec]:
         specs[meta["name"]] = ModelSpec(
             name=meta["name"], kind=meta["kind"], description=meta.get("description", ""),
             resolve=(lambda folder=folder: folder), source=f"sample_data/models/{folder.name}",
+            trained_on=meta.get("trained_on"), suits_data=tuple(meta.get("suits_data", ())),
         )
     return specs
+
+
+def data_mismatch(model_name: str, dataset_name: str | None) -> str | None:
+    """In words, why a toy built-in model does not suit a dataset (None when it does, or is unknown).
+
+    The project's small models were trained on synthetic data; their activations on other text say
+    little about them, so pages do not offer them for such data and say so when a user insists."""
+    spec = builtin_models().get(model_name)
+    if spec is None or spec.trained_on is None or dataset_name is None:
+        return None
+    base = str(dataset_name).split("[")[0]
+    if base in spec.suits_data:
+        return None
+    return (f"{model_name} was trained on {spec.trained_on}; on {dataset_name} its activations will say little "
+            f"about it{' (it is meant for ' + ', '.join(spec.suits_data) + ')' if spec.suits_data else ''}.")
 
 
 def builtin_models() -> dict[str, ModelSpec]:
