@@ -215,8 +215,8 @@ def test_tuned_lens_analysis_without_a_lens_says_how_to_train(tiny, store, monke
 
 
 # ---- training, saving, resuming ------------------------------------------------------------------
-TRAIN = dict(max_texts=6, heldout_texts=2, max_length=16, steps=4, positions_per_step=4, heldout_positions=8,
-             checkpoint_every=2, seed=3)
+TRAIN = dict(max_texts=6, heldout_data="", heldout_texts=2, max_length=16, steps=4, positions_per_step=4,
+             heldout_positions=8, eval_every=2, checkpoint_every=2, seed=3)
 
 
 def test_training_is_deterministic_resumable_and_found(tiny, store, monkeypatch, tmp_path):

@@ -12,7 +12,9 @@ def _setup(parser) -> None:
     from .train import TRAIN_DEFAULTS
 
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--data", default="abstracts", help="text corpus (built-in name or file)")
+    parser.add_argument("--data", default="sampled", help="training corpus: 'sampled' (text sampled from the model "
+                                                        "itself, max-texts of them; the default) or a dataset")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--text-column", help="text column of a csv/jsonl/parquet dataset")
     parser.add_argument("--out", help="folder for the lens (default: cache_dir()/lenses/<fingerprint>/)")
     parser.add_argument("--no-resume", action="store_true", help="start over even if a matching checkpoint exists")
@@ -34,8 +36,7 @@ def _run(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    dataset = load_dataset(args.data, args.text_column)
+    model = load_model(args.model, device=args.device)
     overrides = {k: getattr(args, k) for k in TRAIN_DEFAULTS}
     bar = {"bar": None, "t0": time.time()}
 
@@ -48,6 +49,14 @@ def _run(args) -> None:
         bar["bar"].set_postfix_str(message[-70:], refresh=False)
         bar["bar"].refresh()
 
+    if args.data == "sampled":
+        from .corpus import sampled_corpus
+
+        n = overrides["max_texts"] or TRAIN_DEFAULTS["max_texts"]
+        dataset = sampled_corpus(model, n, max_new_tokens=overrides["max_length"] or TRAIN_DEFAULTS["max_length"],
+                                 seed=overrides["seed"] or 0, progress=progress)
+    else:
+        dataset = load_dataset(args.data, args.text_column)
     out = args.out or lens_dir(model.fingerprint)
     meta = train_tuned_lens(model, dataset, out_dir=out, progress=progress, resume=not args.no_resume, **overrides)
     if bar["bar"] is not None:

@@ -1,0 +1,168 @@
+"""Training a tuned lens (docs/methods.md, "Logit and tuned lens").
+
+Recipe (the official ``tuned_lens/scripts/train_loop.py`` defaults): loss ``KL(p_L || p_l)`` at the
+same position, averaged over positions; all translators on the same batch, one backward per layer;
+SGD with Nesterov momentum 0.9, lr 0.1 decaying linearly to 0 without warmup, weight decay 1e-3,
+gradient-norm clipping at 1.0 over all translator parameters; bf16 autocast (``autocast``); the model
+frozen. Deviations are recorded in the lens JSON (``deviations``): the budget (``steps`` ×
+``positions_per_step`` instead of 250 × 2^18 tokens), the corpus (by default text sampled from the
+model itself, :mod:`.corpus`, instead of the Pile), and how positions are drawn (a seeded permutation
+of all training positions, each used once).
+
+Held-out evaluation is on real text the lens never trains on (``heldout_data``; or, with
+``heldout_data=""``, a seeded split of the training texts), every ``eval_every`` steps: the curve is
+saved, and the lens counts as converged when its mean held-out KL changes by less than
+:data:`CONVERGED_CHANGE` over the last 20 % of the steps. Training states come from the activation
+store; checkpoints (translators + momentum, atomic, every ``checkpoint_every`` steps) make a rerun
+with the same settings resume to identical weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from workbench.errors import WorkbenchError
+from workbench.paths import atomic_write
+
+from .core import CHUNK, TunedLens, Unembed, final_logprobs, kl_to_final
+
+RECIPE = {"optimizer": "SGD", "nesterov": True, "momentum": 0.9, "lr": 0.1, "schedule": "linear decay to 0",
+          "weight_decay": 1e-3, "grad_clip": 1.0, "autocast": "bfloat16",
+          "loss": "KL(p_L || p_l), same position, mean over positions"}
+
+#: the CPU preset: ~150k positions of a model-sampled corpus, held out on 16 abstracts never trained on
+TRAIN_DEFAULTS = {"max_texts": 1500, "max_length": 128, "steps": 150, "positions_per_step": 1024,
+                  "heldout_data": "abstracts[360:376]", "heldout_texts": 8, "heldout_positions": 512,
+                  "eval_every": 10, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3, "grad_clip": 1.0,
+                  "autocast": "bfloat16", "seed": 0, "checkpoint_every": 5}
+#: a lens is converged when its held-out KL moved by less than this over the last 20 % of the steps
+CONVERGED_CHANGE = 0.02
+
+
+def states(entry, hook: str, index: np.ndarray, device=None) -> torch.Tensor:
+    """float32 ``[len(index), D]`` residual states by global token index, read through the store (and
+    moved to ``device``, where the lens computes)."""
+    rows = torch.from_numpy(entry.rows(hook, index))
+    return rows if device is None else rows.to(device)
+
+
+def split_texts(n_texts: int, heldout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if heldout < 1 or heldout >= n_texts:
+        raise WorkbenchError(f"heldout_texts must be between 1 and {n_texts - 1} (the dataset has {n_texts} texts).")
+    perm = np.random.default_rng(seed).permutation(n_texts)
+    return np.sort(perm[heldout:]), np.sort(perm[:heldout])
+
+
+def positions_of(entry, texts: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.arange(entry.offsets[i], entry.offsets[i + 1]) for i in texts]).astype(np.int64)
+
+
+def _autocast(setting: str, device: torch.device):
+    if setting in ("none", "", None):
+        return nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, setting))
+
+
+@torch.no_grad()
+def heldout_kl(unembed: Unembed, entry, hooks: list[str], index: np.ndarray, tuned: TunedLens | None,
+               chunk: int = CHUNK) -> np.ndarray:
+    """Mean KL(p_L || p_l) in nats per layer 0..L over the positions ``index`` (float64 [L+1]), fp32."""
+    L = len(hooks) - 1
+    sums = np.zeros(L + 1, np.float64)
+    for start in range(0, len(index), chunk):
+        idx = index[start:start + chunk]
+        logp_final = final_logprobs(unembed, states(entry, hooks[L], idx, unembed.device))
+        for layer in range(L):
+            h = states(entry, hooks[layer], idx, unembed.device)
+            if tuned is not None:
+                h = tuned.transform(h, layer)
+            sums[layer] += float(kl_to_final(unembed(h), logp_final)) * len(idx)
+    return sums / len(index)
+
+
+def train_step(unembed: Unembed, entry, hooks: list[str], lens: TunedLens, idx: np.ndarray,
+               autocast: str) -> list[float]:
+    """Backward of every layer's loss on the positions ``idx`` (gradients accumulate; the optimizer
+    steps outside). Returns the per-layer KL in nats. One ``[positions, V]`` graph is alive at a time."""
+    L = len(hooks) - 1
+    with torch.no_grad():
+        logp_final = final_logprobs(unembed, states(entry, hooks[L], idx, unembed.device))
+    per_layer = []
+    for layer in range(L):
+        h = states(entry, hooks[layer], idx, unembed.device)
+        with _autocast(autocast, unembed.device):
+            logits = unembed(lens.transform(h, layer))
+            loss = kl_to_final(logits.float(), logp_final)
+        loss.backward()
+        per_layer.append(loss.item())
+    return per_layer
+
+
+class Checkpoints:
+    """``checkpoint.safetensors`` (translators + momentum buffers) and ``checkpoint.json`` (its step,
+    losses, curve), written atomically; a checkpoint is reused only by a run with the same config."""
+
+    def __init__(self, folder: Path, config: dict):
+        self.folder, self.config = Path(folder), config
+
+    def save(self, lens: TunedLens, opt: torch.optim.Optimizer, state: dict) -> None:
+        tensors = {"weight": lens.weight.detach().contiguous().cpu(), "bias": lens.bias.detach().contiguous().cpu()}
+        for name, p in (("weight", lens.weight), ("bias", lens.bias)):
+            buf = opt.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                tensors[f"momentum.{name}"] = buf.contiguous().cpu()
+        tmp = self.folder / f".checkpoint.{os.getpid()}.safetensors"
+        save_file(tensors, str(tmp))
+        os.replace(tmp, self.folder / "checkpoint.safetensors")
+        with atomic_write(self.folder / "checkpoint.json") as handle:  # written second: it names a complete file
+            json.dump({**state, "config": self.config}, handle, indent=1)
+
+    def restore(self, lens: TunedLens, opt: torch.optim.Optimizer, sched) -> dict | None:
+        meta_path, tensor_path = self.folder / "checkpoint.json", self.folder / "checkpoint.safetensors"
+        if not (meta_path.exists() and tensor_path.exists()):
+            return None
+        state = json.loads(meta_path.read_text())
+        if state.get("config") != self.config:
+            return None
+        tensors = load_file(str(tensor_path))
+        device = lens.weight.device
+        with torch.no_grad():
+            lens.weight.copy_(tensors["weight"])
+            lens.bias.copy_(tensors["bias"])
+        for name, p in (("weight", lens.weight), ("bias", lens.bias)):
+            if f"momentum.{name}" in tensors:
+                opt.state[p]["momentum_buffer"] = tensors[f"momentum.{name}"].clone().to(device)
+        with warnings.catch_warnings():  # fast-forward the schedule (no optimizer step: expected)
+            warnings.simplefilter("ignore")
+            for _ in range(int(state["step"])):
+                sched.step()
+        return state
+
+
+def optimizer(lens: TunedLens, settings: dict):
+    """The official optimizer and schedule: SGD Nesterov, lr decayed linearly to 0, no warmup."""
+    steps = int(settings["steps"])
+    opt = torch.optim.SGD(lens.parameters(), lr=float(settings["lr"]), momentum=float(settings["momentum"]),
+                          nesterov=True, weight_decay=float(settings["weight_decay"]))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / steps))
+
+
+def convergence(curve: list[dict], steps: int) -> dict:
+    """How much the mean held-out KL moved over the last 20 % of the steps (relative)."""
+    if len(curve) < 2:
+        return {"converged": False, "relative_change_last_20pct": None}
+    cut = steps - max(1, round(0.2 * steps))
+    before = [c for c in curve if c["step"] <= cut]
+    start = before[-1]["mean_kl"] if before else curve[0]["mean_kl"]
+    end = curve[-1]["mean_kl"]
+    change = abs(end - start) / max(abs(start), 1e-12)
+    return {"converged": bool(change < CONVERGED_CHANGE), "relative_change_last_20pct": round(change, 6),
+            "from_step": before[-1]["step"] if before else curve[0]["step"], "threshold": CONVERGED_CHANGE}
