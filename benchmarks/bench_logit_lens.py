@@ -82,14 +82,13 @@ def child(method: str, n_prompts: int, n_tokens: int, threads: int, k: int) -> d
 
     torch.set_num_threads(threads)
     from analyses.lenses.core import CHUNK, Unembed, final_logprobs, stats_from_logprobs
-    from analyses.lenses.train import StateReader
+    from analyses.lenses.training import states
     from workbench.models import load_model
 
     model = load_model("smollm2-135m")
     entry = _entry(model, n_prompts, n_tokens)
     hooks = model.resid_hooks()
     L = len(hooks) - 1
-    reader = StateReader(entry, hooks)
     kl_sum = np.zeros(L + 1)
     rank_sum = np.zeros(L + 1)
     if method == "reference":
@@ -120,10 +119,10 @@ def child(method: str, n_prompts: int, n_tokens: int, threads: int, k: int) -> d
         if method == "ours":
             for start in range(0, entry.n_tokens, CHUNK):
                 idx = np.arange(start, min(start + CHUNK, entry.n_tokens))
-                logp_f = final_logprobs(unembed, reader.rows(hooks[L], idx))
+                logp_f = final_logprobs(unembed, states(entry, hooks[L], idx))
                 tgt = logp_f.argmax(-1)
                 for layer in range(L + 1):
-                    logp = logp_f if layer == L else torch.log_softmax(unembed(reader.rows(hooks[layer], idx)), -1)
+                    logp = logp_f if layer == L else torch.log_softmax(unembed(states(entry, hooks[layer], idx)), -1)
                     st = stats_from_logprobs(logp, logp_f, tgt, k)
                     kl_sum[layer] += st.kl.sum()
                     rank_sum[layer] += st.rank.sum()

@@ -6,6 +6,13 @@
 2. Loading the cached entry (open + verify checksums + touch every layer's activations, memory-mapped)
    vs recomputing it. Target >= 20x faster.
 3. Peak resident memory of a fresh process extracting N texts vs 10N texts. Target: grows < 10%.
+4. The same at corpus scale, for the token metadata: 10,000 against 100,000 short texts (4-12 tokens
+   each, every residual layer) on the built-in ``attn-only-induction`` model, whose forward pass is
+   cheap enough that the store's own bookkeeping (token ids, strings, offsets, shard index) is what
+   grows. The store keeps at most two shards in memory (one filling, one being written), a constant
+   the 10,000-text run (100 MiB in all) would not reach with the default 256 MiB shards, so both
+   runs use ``--scale-shard-mib`` (16) MiB shards: each passes that constant, and what is left is
+   what grows with the number of texts. Target: peak memory grows < 10%. ``--scale-texts 0`` skips it.
 
 Run: .venv/bin/python benchmarks/bench_store.py [--texts 256] [--mem-texts 32]
 """
@@ -68,16 +75,48 @@ def measure_memory(n_texts: int, threads: int) -> None:
     print(json.dumps({"n_texts": n_texts, "peak_mib": peak, "after_load_mib": before, "seconds": time.time() - t0}))
 
 
+def measure_scale(n_texts: int, threads: int, shard_mib: int) -> None:
+    """Child process: n_texts short texts through attn-only-induction into a fresh store; peak RSS."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    from workbench.data import TextDataset
+    from workbench.models import load_model
+    from workbench.store import ActivationStore
+
+    model = load_model("attn-only-induction")
+    rng = np.random.default_rng(0)
+    texts = [" ".join(f"t{t}" for t in rng.integers(0, 253, rng.integers(4, 13))) for _ in range(n_texts)]
+    ds = TextDataset.from_texts(texts, name=f"scale{n_texts}")
+    del texts
+    root = Path(tempfile.mkdtemp(prefix="bench_scale_"))
+    before = _vm_hwm_mib()
+    t0 = time.time()
+    entry = ActivationStore(root=root, shard_bytes=shard_mib * 2**20).get_or_extract(model, ds, batch_size=256)
+    n_tokens, disk = entry.n_tokens, sum(f.stat().st_size for f in entry.path.iterdir())
+    peak = _vm_hwm_mib()
+    shutil.rmtree(root)
+    print(json.dumps({"n_texts": n_texts, "n_tokens": n_tokens, "disk_mib": disk / 2**20, "peak_mib": peak,
+                      "after_load_mib": before, "seconds": time.time() - t0}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--texts", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--mem-texts", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a shared machine)")
+    parser.add_argument("--scale-texts", type=int, default=100_000, help="part 4: this many vs a tenth (0 = skip)")
+    parser.add_argument("--scale-shard-mib", type=int, default=16, help="part 4: shard size of both runs")
     parser.add_argument("--child-mem", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-scale", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_mem:
         measure_memory(args.child_mem, args.threads)
+        return
+    if args.child_scale:
+        measure_scale(args.child_scale, args.threads, args.scale_shard_mib)
         return
 
     import numpy as np
@@ -137,6 +176,12 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, "--child-mem", str(n), "--threads", str(args.threads)], capture_output=True, text=True, check=True)
         mem.append(json.loads(out.stdout.strip().splitlines()[-1]))
     growth = mem[1]["peak_mib"] / mem[0]["peak_mib"] - 1
+    scale = []
+    for n in ((args.scale_texts // 10, args.scale_texts) if args.scale_texts else ()):
+        out = subprocess.run([sys.executable, __file__, "--child-scale", str(n), "--threads", str(args.threads),
+                              "--scale-shard-mib", str(args.scale_shard_mib)],
+                             capture_output=True, text=True, check=True)
+        scale.append(json.loads(out.stdout.strip().splitlines()[-1]))
 
     print(f"smollm2-135m, {args.texts} texts x 128 tokens = {n_tokens} tokens, 31 residual layers, "
           f"batch {args.batch_size}, {torch.get_num_threads()} threads")
@@ -149,6 +194,12 @@ def main() -> None:
     print(f"{'peak RSS extracting %d texts' % mem[0]['n_texts']:58s} {mem[0]['peak_mib']:8.0f} MiB")
     print(f"{'peak RSS extracting %d texts' % mem[1]['n_texts']:58s} {mem[1]['peak_mib']:8.0f} MiB")
     print(f"{'  peak memory growth for 10x the data':58s} {100 * growth:10.1f} % {'< 10%':>10s}")
+    for row in scale:
+        print(f"{'attn-only-induction, %d short texts (%d tokens, %.0f MiB, %d MiB shards)' % (row['n_texts'], row['n_tokens'], row['disk_mib'], args.scale_shard_mib):58s}"
+              f" {row['peak_mib']:8.0f} MiB  ({row['seconds']:.0f} s)")
+    if scale:
+        print(f"{'  peak memory growth for 10x the texts':58s} {100 * (scale[1]['peak_mib'] / scale[0]['peak_mib'] - 1):10.1f} %"
+              f" {'< 10%':>10s}")
 
 
 if __name__ == "__main__":

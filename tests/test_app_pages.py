@@ -67,8 +67,30 @@ def test_cache_page_lists_and_deletes(tmp_path, monkeypatch, tiny_llama_dir):
     entry.close()  # an entry open in this process could not be deleted
     at = AppTest.from_file(str(ROOT / "pages" / "99_Cache.py"), default_timeout=120).run()
     assert not at.exception
-    assert entry.key in at.dataframe[0].value["key"].tolist()
+    table = at.dataframe[0].value
+    assert entry.key[:12] in table["key"].tolist()
+    # by model, dataset and settings, not by hash alone
+    assert any(str(tiny_llama_dir.name) in h.value or "tiny" in h.value for h in at.subheader)
+    assert table["texts"].tolist() == [1] and "resid" in table["hooks"].iloc[0]
+    assert "texts" in at.selectbox(key="cache_key").value
     at.button(key="cache_verify").click().run()
     assert any("intact" in s.value for s in at.success)
     at.button(key="cache_delete").click().run()
+    assert ActivationStore().entries() == []
+
+
+def test_cache_page_asks_before_clearing(tmp_path, monkeypatch, tiny_llama_dir):
+    from workbench.data import TextDataset
+    from workbench.models import load_model
+    from workbench.store import ActivationStore
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    ActivationStore().get_or_extract(load_model(str(tiny_llama_dir)), TextDataset.from_texts(["the cat sat"])).close()
+    at = AppTest.from_file(str(ROOT / "pages" / "99_Cache.py"), default_timeout=120).run()
+    at.button(key="cache_clear").click().run()
+    assert len(ActivationStore().entries()) == 1 and any("Delete all 1" in w.value for w in at.warning)
+    at.button(key="cache_clear_no").click().run()
+    assert len(ActivationStore().entries()) == 1
+    at.button(key="cache_clear").click().run()
+    at.button(key="cache_clear_yes").click().run()
     assert ActivationStore().entries() == []

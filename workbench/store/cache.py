@@ -40,6 +40,15 @@ def _max_bytes_from_env() -> int:
     return int(value * 2**30)
 
 
+def describe_hooks(hooks: list[str]) -> str:
+    """A short human summary of a hook list: ``resid_post x30 + embed``-style counts by hook kind."""
+    counts: dict[str, int] = {}
+    for hook in hooks:
+        kind = re.sub(r"^blocks\.\d+\.", "", hook).replace("hook_", "")
+        counts[kind] = counts.get(kind, 0) + 1
+    return " + ".join(f"{kind} ×{n}" if n > 1 else kind for kind, n in counts.items())
+
+
 class ActivationStore:
     """The disk cache of activations. ``get_or_extract`` is the one way analyses get activations."""
 
@@ -193,7 +202,9 @@ class ActivationStore:
                                 "dataset": meta["dataset_name"], "n_texts": meta["n_texts"],
                                 "n_tokens": meta["n_tokens"], "hooks": len(meta["hooks"]),
                                 "max_length": meta["max_length"], "created": meta["created"],
-                                "settings": {"prepend_bos": meta.get("prepend_bos"), "hooks": meta["hooks"]}})
+                                "settings": {"prepend_bos": meta.get("prepend_bos"), "hooks": meta["hooks"],
+                                             "dtype": meta.get("dtype", "float32")},
+                                "hooks_summary": describe_hooks(meta["hooks"])})
                     if (path / "last_used").exists():
                         row["last_used"] = (path / "last_used").stat().st_mtime
                 except (CorruptEntry, OSError, ValueError, KeyError) as exc:
@@ -377,6 +388,8 @@ class ActivationStore:
                 "shards": out["shards"], "files": out["files"], "created": time.time(),
                 "seconds": round(time.time() - t0, 2), "dtype": self.dtype, "batch": out["batch"], "engine": engine,
             }
+            if "timings" in out:
+                meta["timings"] = out["timings"]
             (tmp / READER_LOCK).touch()
             (tmp / "last_used").touch()
             _write_meta(tmp, meta)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -108,6 +109,7 @@ def extract_on_ray(store, key: str, tmp: Path, model, dataset, hooks: list[str],
             "dtype": store.dtype, "batch_tokens": store.batch_tokens,
             "threads": int(os.environ.get("WORKBENCH_RAY_THREADS", "0")) or None}
     task = ray.remote(max_retries=3, retry_exceptions=False, **gpu_options(ray))(extract_slice)
+    t0 = time.perf_counter()
     refs = [task.remote({**base, "index": k, "start": a, "rows": _Rows(dataset, a, b)})
             for k, (a, b) in enumerate(bounds)]
     reports = []
@@ -116,7 +118,12 @@ def extract_on_ray(store, key: str, tmp: Path, model, dataset, hooks: list[str],
         reports.append(ray.get(ready[0]))
         if progress is not None:
             progress(done_n + 1, len(bounds), f"{done_n + 1}/{len(bounds)} slices extracted on Ray")
-    return _assemble(tmp, sorted(reports, key=lambda r: r["index"]))
+    t1 = time.perf_counter()
+    out = _assemble(tmp, sorted(reports, key=lambda r: r["index"]))
+    # the driver's serial part (verify + merge) beside the tasks' wall time: the scaling model's inputs
+    out["timings"] = {"tasks_s": round(t1 - t0, 3), "verify_merge_s": round(time.perf_counter() - t1, 3),
+                      "workers": len(bounds)}
+    return out
 
 
 def _assemble(tmp: Path, reports: list[dict]) -> dict:

@@ -114,7 +114,8 @@ class _Extraction:
                 parts = [value[k, :len(r["ids"])].numpy() for k, r in enumerate(rows)]
                 self.shapes.setdefault(hook, list(value.shape[2:]))
             for part in parts:
-                part = part.astype(dtype, copy=False)
+                # a compact copy: a view would keep the whole padded batch alive until the shard is written
+                part = np.array(part, dtype=dtype, copy=True)
                 self.buffer[hook].append(part)
                 self.buffered_bytes += part.nbytes
         del acts

@@ -170,7 +170,10 @@ def write_safetensors_files(path: Path, sources: dict[str, tuple[Path, np.dtype,
 
 
 class _ShardWriter:
-    """Writes shards on one background thread (bounded queue of one), recording size and checksum."""
+    """Writes shards on one background thread, recording size and checksum.
+
+    ``submit`` waits until the previous shard is on disk, so at most two shards are in memory: the
+    one being written and the one filling (the store's memory bound)."""
 
     def __init__(self, folder: Path):
         import queue
@@ -193,8 +196,12 @@ class _ShardWriter:
                 self.results[name] = write_safetensors_parts(self.folder / name, buffer)
             except BaseException as exc:  # reported to the extracting thread in close()
                 self.error = exc
+            finally:
+                del item, buffer
+                self.queue.task_done()
 
     def submit(self, name: str, buffer: dict) -> None:
+        self.queue.join()  # the previous shard is written (and its buffer freed) before this one queues
         if self.error is not None:
             raise self.error
         self.queue.put((name, buffer))
