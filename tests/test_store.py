@@ -125,7 +125,7 @@ def test_lru_eviction(tiny, tmp_path):
     store = ActivationStore(root=tmp_path / "acts")
     a = store.get_or_extract(tiny, TextDataset.from_texts(TEXTS, name="a"))
     time.sleep(0.05)
-    b = store.get_or_extract(tiny, TextDataset.from_texts(TEXTS[:3], name="b"))
+    b = store.get_or_extract(tiny, TextDataset.from_texts(TEXTS[1:4], name="b"))
     time.sleep(0.05)
     store.open(a.key).close()  # a is now the most recently used
     a.close(), b.close()  # an entry still open is never evicted (tested below)
@@ -176,3 +176,50 @@ def test_two_concurrent_extractions_make_one_entry(tiny_llama_dir, tmp_path):
     assert sorted(r["extracted"] for r in results) == [False, True]
     store = ActivationStore(root=root)
     assert len(store.entries()) == 1 and store.verify(results[0]["key"]) is None
+
+
+def test_prefix_and_hook_subset_are_served_from_a_larger_entry(tiny, store, tmp_path, monkeypatch):
+    """A run on the first N texts (and some of the hooks) reuses an entry that holds them: no forward,
+    the same arrays as extracting them alone, a view whose every accessor stops at N."""
+    texts = TEXTS + [" ".join(["cat"] * 50)]
+    hooks = tiny.resid_hooks() + ["blocks.0.attn.hook_pattern"]
+    big = ActivationStore(root=store.root, shard_bytes=4096)  # several shards, so the cut falls inside one
+    full = big.get_or_extract(tiny, TextDataset.from_texts(texts), hooks, max_length=16, batch_size=2)
+    assert len(full.meta["shards"]) >= 2 and full.meta["shards"][0]["text_end"] > 3 and full.meta["n_truncated"] == 1
+
+    def boom(*a, **k):
+        raise AssertionError("forward pass although a covering entry exists")
+
+    want = [resid_hook(1), resid_hook(2), "blocks.0.attn.hook_pattern"]
+    monkeypatch.setattr(tiny, "run_hooks", boom)
+    view = big.get_or_extract(tiny, TextDataset.from_texts(texts[:3], name="first3"), want, max_length=16)
+    monkeypatch.undo()
+    assert not view.extracted and view.key == full.key and view.meta["view"]["first_texts"] == 3
+    assert view.n_texts == 3 and view.hooks == want and view.meta["n_truncated"] == 0
+    assert view.n_tokens == int(full.offsets[3]) and view.meta["dataset_name"] == "first3"
+    alone = ActivationStore(root=tmp_path / "alone").get_or_extract(
+        tiny, TextDataset.from_texts(texts[:3]), want, max_length=16, batch_size=2)
+    for h in want[:2]:
+        np.testing.assert_allclose(view.layer(h), alone.layer(h), atol=1e-6)
+        np.testing.assert_allclose(view.mean_pooled(h), alone.mean_pooled(h), atol=1e-6)
+        assert sum(len(a) for _, a in view.iter_shards(h)) == view.n_tokens
+    np.testing.assert_allclose(view.attention_pattern(want[2], 2), alone.attention_pattern(want[2], 2), atol=1e-6)
+    assert [view.token_strings(i) for i in range(3)] == [alone.token_strings(i) for i in range(3)]
+    assert view.position_ids().shape == (view.n_tokens,)
+    with pytest.raises(WorkbenchError, match="out of range"):
+        view.token_ids(3)
+    with pytest.raises(WorkbenchError, match="no hook"):
+        view.layer(resid_hook(3))
+    # the truncated text counts in a view that includes it
+    assert big.get_or_extract(tiny, TextDataset.from_texts(texts), want, max_length=16).meta["n_truncated"] == 1
+
+
+def test_a_different_text_or_setting_is_not_served_from_a_larger_entry(tiny, store):
+    store.get_or_extract(tiny, TextDataset.from_texts(TEXTS), max_length=16)
+    other = store.get_or_extract(tiny, TextDataset.from_texts(["the cat sat on the hat", "a dog"]), max_length=16)
+    assert other.extracted and "view" not in other.meta
+    shorter = store.get_or_extract(tiny, TextDataset.from_texts(TEXTS[:2]), max_length=8)
+    assert shorter.extracted
+    bos = store.get_or_extract(tiny, TextDataset.from_texts(TEXTS[:2]), max_length=16, prepend_bos=True)
+    assert bos.extracted
+    assert not store.get_or_extract(tiny, TextDataset.from_texts(TEXTS[1:3]), max_length=16).meta.get("view")

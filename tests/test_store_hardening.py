@@ -135,12 +135,12 @@ def test_orphans_are_listed_counted_and_cleaned(tiny, tmp_path, monkeypatch, cap
     assert store.total_bytes() >= 50_000 + sum(r["bytes"] for r in store.entries())
     main(["cache", "ls"])
     assert "orphan" in capsys.readouterr().out
-    # a write removes it only once it is stale
-    store.get_or_extract(tiny, TextDataset.from_texts(TEXTS[:2])).close()
+    # a write removes it only once it is stale (texts that are no prefix of the first entry's: a write)
+    store.get_or_extract(tiny, TextDataset.from_texts(TEXTS[1:3])).close()
     assert orphan.exists()
     old = time.time() - STALE_SECONDS - 10
     os.utime(orphan, (old, old))
-    store.get_or_extract(tiny, TextDataset.from_texts(TEXTS[:3])).close()
+    store.get_or_extract(tiny, TextDataset.from_texts(TEXTS[1:4])).close()
     assert not orphan.exists()
     orphan.mkdir()
     main(["cache", "clean"])

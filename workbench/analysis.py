@@ -105,8 +105,10 @@ class RunContext:
         if entry.meta["n_truncated"]:
             self.warn(f"{entry.meta['n_truncated']} of {entry.n_texts} texts of {ds.name} were longer than "
                       f"{entry.meta['max_length']} tokens and were truncated.")
-        self.cache_events.append({"key": entry.key, "hit": not entry.extracted, "dataset": ds.name,
-                                  "seconds": round(time.time() - t0, 3)})
+        event = {"key": entry.key, "hit": not entry.extracted, "dataset": ds.name, "seconds": round(time.time() - t0, 3)}
+        if "view" in entry.meta:  # served from a larger entry that holds these texts first
+            event["view_of"] = entry.meta["view"]
+        self.cache_events.append(event)
         return entry
 
 

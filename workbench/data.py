@@ -64,6 +64,13 @@ class TextDataset:
             digest.update(b"\x00")
         return digest.hexdigest()[:32]
 
+    def item_hashes(self) -> np.ndarray:
+        """xxh3 of each text ``[n]`` uint64: what lets the store serve a prefix from a larger entry."""
+        import xxhash
+
+        return np.fromiter((xxhash.xxh3_64_intdigest(t.encode("utf-8")) for t in self.texts), np.uint64,
+                           len(self.texts))
+
     def __len__(self) -> int:
         return len(self.texts)
 
@@ -123,6 +130,13 @@ class TokenDataset:
     @property
     def texts(self) -> None:
         return None
+
+    def item_hashes(self) -> np.ndarray:
+        """xxh3 of each id sequence (as int64 bytes) ``[n]`` uint64."""
+        import xxhash
+
+        return np.fromiter((xxhash.xxh3_64_intdigest(np.asarray(seq, dtype=np.int64).tobytes()) for seq in self.ids),
+                           np.uint64, len(self.ids))
 
     def __len__(self) -> int:
         return len(self.ids)

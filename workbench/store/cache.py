@@ -13,6 +13,7 @@ import uuid
 import warnings
 from pathlib import Path
 
+import numpy as np
 from filelock import FileLock, Timeout
 
 from ..data import TextDataset
@@ -22,8 +23,9 @@ from ..paths import cache_dir
 from .entry import CacheEntry
 from .extract import _Extraction, _TokenSpool
 from .files import (_DELETING_PREFIX, _TMP_RE, DEFAULT_MAX_GB, DEFAULT_SHARD_BYTES, FORMAT_VERSION, KEY_RE,
-                    READER_LOCK, STALE_SECONDS, TOKENS_FILE, CorruptEntry, Progress, _exclusive, _folder_bytes,
-                    _Lease, _write_meta, _xxh3_file, read_meta)
+                    READER_LOCK, STALE_SECONDS, TEXT_HASHES_FILE, TOKENS_FILE, CorruptEntry, Progress, _exclusive,
+                    _folder_bytes, _Lease, _write_meta, _xxh3_file, memmap_safetensors, read_meta,
+                    write_safetensors_parts)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,10 @@ def _max_bytes_from_env() -> int:
     if not value > 0 or value == float("inf"):
         raise WorkbenchError(f"WORKBENCH_CACHE_MAX_GB must be a positive number of gigabytes (e.g. 20); got {raw!r}.")
     return int(value * 2**30)
+
+
+def _device_kind(device: str) -> str:
+    return str(device).split(":")[0]
 
 
 def describe_hooks(hooks: list[str]) -> str:
@@ -83,6 +89,45 @@ class ActivationStore:
             parts["store_dtype"] = self.dtype
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
+    def covering_entry(self, model: LoadedModel, dataset: TextDataset, hooks: list[str], max_length: int,
+                       prepend_bos: bool | None) -> CacheEntry | None:
+        """A view of an entry that already holds these activations, or None.
+
+        An entry covers a request when it was made with the same model fingerprint, device kind,
+        max_length, BOS handling and store dtype, holds every requested hook, and its first
+        ``len(dataset)`` texts are the dataset's texts (compared by per-text xxh3, recorded at
+        extraction). The view (:meth:`CacheEntry.view`) shows those texts and hooks only, so a run
+        on the first 16 texts reuses a 64-text entry instead of extracting again. The most recently
+        used covering entry wins.
+        """
+        wanted = {"model_fingerprint": model.fingerprint, "max_length": int(max_length), "prepend_bos": prepend_bos,
+                  "dtype": self.dtype, "dataset_kind": "tokens" if dataset.texts is None else "texts"}
+        n, hashes = len(dataset), None
+        for row in self.entries():
+            if row["fingerprint"] != model.fingerprint or row["n_texts"] < n or row["max_length"] != wanted["max_length"]:
+                continue
+            path = self.root / row["key"]
+            try:
+                meta = read_meta(path)
+            except (CorruptEntry, OSError, ValueError):
+                continue
+            if (any(meta.get(k, "float32" if k == "dtype" else None) != v for k, v in wanted.items())
+                    or not set(hooks) <= set(meta["hooks"]) or TEXT_HASHES_FILE not in meta["files"]
+                    or meta.get("device_kind", _device_kind(meta.get("device", "cpu"))) != model.device_kind):
+                continue
+            if hashes is None:
+                hashes = dataset.item_hashes()
+            try:
+                stored = memmap_safetensors(path / TEXT_HASHES_FILE)["xxh3"]
+                if not np.array_equal(np.asarray(stored[:n]), hashes):
+                    continue
+            except (OSError, ValueError, KeyError):
+                continue
+            parent = self.open(row["key"])
+            if parent is not None:
+                return parent.view(n, hooks, dataset.name, dataset.content_hash)
+        return None
+
     def _writable(self) -> None:
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise WorkbenchError(f"The activation cache {self.root} is not writable: fix its permissions or set "
@@ -117,6 +162,9 @@ class ActivationStore:
             raise WorkbenchError("The dataset is empty: nothing to extract.")
         key = self.key_for(model, dataset, hooks, max_length, prepend_bos)
         entry = self.open(key)
+        if entry is not None:
+            return entry
+        entry = self.covering_entry(model, dataset, hooks, max_length, prepend_bos)
         if entry is not None:
             return entry
         self._writable()
@@ -376,12 +424,15 @@ class ActivationStore:
                                      workers, address, progress)
             else:
                 out = self._extract_here(tmp, model, dataset, hooks, max_length, prepend_bos, batch_size, progress)
+            out["files"][TEXT_HASHES_FILE] = write_safetensors_parts(tmp / TEXT_HASHES_FILE,
+                                                                     {"xxh3": [dataset.item_hashes()]})
             if out["n_truncated"]:
                 warnings.warn(f"{out['n_truncated']} of {len(dataset)} texts were longer than {max_length} tokens "
                               f"and were truncated (raise max_length, up to the model's {model.max_length}).")
             meta = {
                 "format": FORMAT_VERSION, "key": key, "model_name": model.name,
-                "model_fingerprint": model.fingerprint, "device": model.device, "dataset_name": dataset.name,
+                "model_fingerprint": model.fingerprint, "device": model.device, "device_kind": model.device_kind,
+                "dataset_name": dataset.name,
                 "dataset_hash": dataset.content_hash, "dataset_kind": "tokens" if dataset.texts is None else "texts",
                 "hooks": hooks, "shapes": out["shapes"], "max_length": max_length, "prepend_bos": prepend_bos,
                 "n_texts": len(dataset), "n_tokens": out["n_tokens"], "n_truncated": out["n_truncated"],

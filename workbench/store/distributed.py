@@ -25,7 +25,7 @@ from ..errors import WorkbenchError
 from .extract import _Extraction, _TokenSpool
 from .files import _xxh3_file, memmap_safetensors, write_safetensors_parts
 
-TOKEN_COLUMNS = ("lengths", "ids", "char_offsets", "string_starts", "string_bytes")
+TOKEN_COLUMNS = ("lengths", "ids", "char_offsets", "string_starts", "string_bytes", "truncated")
 
 
 def slice_bounds(n: int, workers: int, batch_size: int) -> list[tuple[int, int]]:
@@ -160,7 +160,7 @@ def _merge_tokens(tmp: Path, reports: list[dict]) -> dict:
     shift = 0
     for k, report in enumerate(reports):
         cols = memmap_safetensors(tmp / f"slice_{report['index']:04d}" / "tokens.safetensors")
-        for c in ("lengths", "ids", "char_offsets", "string_bytes"):
+        for c in ("lengths", "ids", "char_offsets", "string_bytes", "truncated"):
             parts[c].append(np.asarray(cols[c]))
         starts = np.asarray(cols["string_starts"]) + shift
         parts["string_starts"].append(starts if k == 0 else starts[1:])

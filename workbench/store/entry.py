@@ -29,9 +29,37 @@ class CacheEntry:
     def __post_init__(self):
         self._shards: list[dict[str, np.ndarray]] | None = None
         self._tok = memmap_safetensors(self.path / TOKENS_FILE)
-        self.lengths = np.asarray(self._tok["lengths"], dtype=np.int64)
+        # a view (see view()) shows the first n_texts only: every accessor below reads these
+        self.lengths = np.asarray(self._tok["lengths"][:int(self.meta["n_texts"])], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
         self.text_starts = np.asarray([0] + [s["text_end"] for s in self.meta["shards"]], dtype=np.int64)
+
+    def view(self, n_texts: int, hooks: list[str], dataset_name: str, dataset_hash: str) -> "CacheEntry":
+        """This entry restricted to its first ``n_texts`` texts and to ``hooks``: what the store returns
+        for a dataset that is a prefix of this entry's (nothing is copied; the lease is shared).
+
+        The view's ``meta`` describes the view (texts, tokens, hooks, shards clipped at ``n_texts``,
+        truncation count, the requested dataset) and names its source under ``view``; ``key`` stays
+        the entry's own."""
+        if not 0 < n_texts <= self.n_texts:
+            raise WorkbenchError(f"a view needs 1..{self.n_texts} texts; got {n_texts}")
+        missing = [h for h in hooks if h not in self.meta["hooks"]]
+        if missing:
+            raise WorkbenchError(f"this cache entry has no hook(s) {missing[:4]}")
+        shards = []
+        for s in self.meta["shards"]:
+            if s["text_start"] >= n_texts:
+                break
+            shards.append({**s, "text_end": min(s["text_end"], n_texts)})
+        offsets = self.offsets[:n_texts + 1]
+        truncated = self._tok.get("truncated")
+        meta = {**self.meta, "hooks": list(hooks), "shapes": {h: self.meta["shapes"][h] for h in hooks},
+                "n_texts": n_texts, "n_tokens": int(offsets[-1]), "shards": shards,
+                "n_truncated": int(np.asarray(truncated[:n_texts]).sum()) if truncated is not None else 0,
+                "dataset_name": dataset_name, "dataset_hash": dataset_hash,
+                "view": {"of": self.key, "of_dataset": self.meta["dataset_name"], "of_n_texts": self.n_texts,
+                         "first_texts": n_texts}}
+        return CacheEntry(self.path, meta, self.lease)
 
     def close(self) -> None:
         if self.lease is not None:
@@ -113,7 +141,18 @@ class CacheEntry:
         """Yield ``(text range, [tokens_in_shard, ...])`` per shard, as stored: the fastest way to stream."""
         self._check_hook(hook)
         for s, arrays in zip(self.meta["shards"], self.shards()):
-            yield slice(s["text_start"], s["text_end"]), arrays[hook]
+            arr = arrays[hook]
+            if "view" in self.meta:  # the last shard of a view may hold texts past its end
+                arr = arr[:self._shard_rows(s, hook)]
+            yield slice(s["text_start"], s["text_end"]), arr
+
+    def _shard_rows(self, shard: dict, hook: str) -> int:
+        a, b = shard["text_start"], shard["text_end"]
+        if hook == SENTENCE_EMBEDDING:
+            return b - a
+        if is_pattern_hook(hook):
+            return int((self.lengths[a:b] ** 2).sum()) * int(self.meta["shapes"][hook][1])
+        return int(self.offsets[b] - self.offsets[a])
 
     # ---- "give me layer l" (in the spirit of TransformerLens's ActivationCache) ---------------
     def keep_mask(self, skip_first: bool = False) -> np.ndarray | None:

@@ -135,7 +135,8 @@ def _rows(model: LoadedModel, dataset, start: int, stop: int, max_length: int, p
     """Token rows ``{"ids", "offsets", "strings"}`` of texts ``start:stop`` and how many were truncated."""
     if dataset.texts is None:  # a token dataset: the ids as given, cut at max_length
         seqs = dataset.ids[start:stop]
-        rows = [{"ids": seq[:max_length], "offsets": [[0, 0]] * min(len(seq), max_length)} for seq in seqs]
+        rows = [{"ids": seq[:max_length], "offsets": [[0, 0]] * min(len(seq), max_length),
+                 "truncated": len(seq) > max_length} for seq in seqs]
         _decode_strings(model.tokenizer, rows)
         return rows, sum(len(seq) > max_length for seq in seqs)
     rows, truncated = tokenize(model, dataset.texts[start:stop], max_length, prepend_bos)
@@ -150,7 +151,7 @@ class _TokenSpool:
     the end by streaming copies (memory: one batch)."""
 
     COLUMNS = {"lengths": (np.int64, ()), "ids": (np.int32, ()), "char_offsets": (np.int32, (2,)),
-               "string_starts": (np.int64, ()), "string_bytes": (np.uint8, ())}
+               "string_starts": (np.int64, ()), "string_bytes": (np.uint8, ()), "truncated": (np.uint8, ())}
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -175,6 +176,7 @@ class _TokenSpool:
         self._write("char_offsets", np.array([o for t in batch for o in t["offsets"]], np.int64).reshape(-1, 2))
         self._write("string_starts", self.n_bytes + np.cumsum(sizes))
         self._write("string_bytes", np.frombuffer(b"".join(encoded), np.uint8))
+        self._write("truncated", np.array([t["truncated"] for t in batch], np.uint8))  # per text (prefix views)
         self.n_tokens += int(lengths.sum())
         self.n_bytes += int(sizes.sum())
 
@@ -245,7 +247,7 @@ def tokenize(model: LoadedModel, texts: list[str], max_length: int,
             ids, offsets = [bos] + ids, [[0, 0]] + offsets
         elif prepend_bos is False and ids and bos is not None and ids[0] == bos:
             ids, offsets = ids[1:], offsets[1:]
-        out.append({"ids": ids, "offsets": offsets})
+        out.append({"ids": ids, "offsets": offsets, "truncated": truncated[i]})
     _decode_strings(tok, out)
     return out, int(sum(truncated))
 

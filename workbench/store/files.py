@@ -27,11 +27,13 @@ _DELETING_PREFIX = ".deleting-"
 READER_LOCK = "reader.lock"
 META_SUM = "meta.xxh3"
 TOKENS_FILE = "tokens.safetensors"
+#: xxh3 of each text of the entry, so a dataset that is a prefix of it can be served from it
+TEXT_HASHES_FILE = "text_hashes.safetensors"
 
 Progress = Callable[[int, int, str], None]
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "I32": np.int32, "I64": np.int64, "F64": np.float64,
-           "U8": np.uint8}
+           "U8": np.uint8, "U64": np.uint64}
 _CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
 
 
