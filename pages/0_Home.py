@@ -15,14 +15,13 @@ st.markdown(
 )
 st.subheader("Analyses")
 root = Path(__file__).resolve().parent.parent
-seen_pages = set()
 for spec in list_analyses():
     with st.container(border=True):
         cols = st.columns([3, 1])
         cols[0].markdown(f"**{spec.title}** — {spec.question}")
         cols[0].caption(f"`workbench run {spec.name}` · inputs: {', '.join(spec.inputs)}")
-        if spec.page and (root / spec.page).exists() and spec.page not in seen_pages:
+        # analyses that share a page (the 2-D map on Geometry, the tuned lens on Lenses) link to it too
+        if spec.page and (root / spec.page).exists():
             cols[1].page_link(spec.page, label="Open page →")
-            seen_pages.add(spec.page)
 st.subheader("Built-in models (offline)")
 st.table([{"name": s.name, "kind": s.kind, "description": s.description} for s in builtin_models().values()])

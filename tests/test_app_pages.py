@@ -36,6 +36,9 @@ def test_home_lists_every_analysis():
     text = " ".join(m.value for m in at.markdown)
     for spec in list_analyses():
         assert spec.title in text
+    # every card whose analysis has a page links to it, also where pages are shared (2-D map, tuned lens)
+    with_page = [s for s in list_analyses() if s.page and (ROOT / s.page).exists()]
+    assert len(at.get("page_link")) == len(with_page)
 
 
 @pytest.mark.slow

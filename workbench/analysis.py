@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -54,14 +55,49 @@ class RunContext:
     data_ref: str | None = None
     step_fn: StepFn | None = None
     warnings: list[str] = field(default_factory=list)
+    #: the run's declared phases ``[(name, relative cost)]`` (:meth:`plan`) and the one under way
+    phases: list[tuple[str, float]] = field(default_factory=list)
+    phase_index: int = 0
+    started: float = field(default_factory=time.time)
 
     @property
     def seed(self) -> int:
         return int(self.params.get("seed", 0))
 
+    def plan(self, phases: list[tuple[str, float]]) -> None:
+        """Declare the run's phases with their relative cost, e.g. ``[("extract texts", 3), ("metrics",
+        1)]``: progress then runs once over the whole run (one bar, the phase named, an ETA for the
+        whole) instead of restarting at every extraction. Enter each with :meth:`phase`."""
+        if not phases or any(w <= 0 for _, w in phases):
+            raise ValueError("plan() takes [(name, cost > 0), ...]")
+        self.phases, self.phase_index = [(str(n), float(w)) for n, w in phases], 0
+
+    def phase(self, name: str) -> None:
+        """Enter the declared phase ``name`` (progress inside it then fills its share of the bar)."""
+        names = [n for n, _ in self.phases]
+        if name not in names:
+            raise ValueError(f"phase {name!r} was not declared in plan(): {names}")
+        self.phase_index = names.index(name)
+        self.progress(0, 1)
+
     def progress(self, done: int, total: int, message: str = "") -> None:
-        if self.progress_fn is not None:
+        """Progress of the current phase (``done`` of ``total``); reported as a fraction of the whole run,
+        with the phase's name and an ETA of the whole when a plan is declared."""
+        if self.progress_fn is None:
+            return
+        if not self.phases:
             self.progress_fn(done, total, message)
+            return
+        weights = [w for _, w in self.phases]
+        inside = min(done / total, 1.0) if total else 0.0
+        overall = (sum(weights[: self.phase_index]) + inside * weights[self.phase_index]) / sum(weights)
+        overall = self._overall = max(overall, getattr(self, "_overall", 0.0))  # one bar never goes back
+        message = re.sub(r",? about \d+ s left|, \d+ s left", "", message)  # the whole run's ETA replaces a part's
+        name = self.phases[self.phase_index][0]
+        elapsed = time.time() - self.started
+        eta = f", about {elapsed / overall * (1 - overall):.0f} s left" if overall > 0.02 else ""
+        text = f"{name} ({self.phase_index + 1}/{len(self.phases)})" + (f": {message}" if message else "")
+        self.progress_fn(round(overall * 1000), 1000, f"{text} · {elapsed:.0f} s{eta}")
 
     def step(self, record: dict) -> None:
         """A structured record of one step (the back-end documents its keys), for live views."""
@@ -98,7 +134,8 @@ class RunContext:
         with _warnings.catch_warnings(record=True) as caught:
             _warnings.simplefilter("always")
             entry = store.get_or_extract(model, ds, hooks, max_length=max_length, prepend_bos=prepend_bos,
-                                         batch_size=batch_size, progress=self.progress_fn)
+                                         batch_size=batch_size,
+                                         progress=self.progress if self.progress_fn is not None else None)
         for w in caught:
             self.warn(str(w.message))
             _warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -298,7 +298,11 @@ def _run_with_progress(analysis, params, choice, models, on_step, run_analysis, 
 
     def progress(done: int, total: int, message: str = "") -> None:
         frac = min(done / total, 1.0) if total else 0.0
-        bar.progress(frac, text=message or f"{done}/{total} ({time.time() - t0:.0f} s)")
+        text = message or f"{done}/{total}"
+        if "s left" not in text:  # a run that declared no plan: the time so far, and an ETA of this bar
+            elapsed = time.time() - t0
+            text += f" · {elapsed:.0f} s" + (f", about {elapsed / frac * (1 - frac):.0f} s left" if frac > 0.05 else "")
+        bar.progress(frac, text=text)
 
     placement = {"device": choice.get("device", "auto"), "dtype": choice.get("dtype", "auto")}
     # the placement also goes to the run, for the reproducing command line (the model comes loaded)

@@ -25,11 +25,12 @@ from plotly.subplots import make_subplots
 
 from workbench.analysis import AnalysisSpec, RunContext, register
 from workbench.errors import WorkbenchError
+from workbench.params import validate_params
 from workbench.results import Result
 
 from .attention import attention_scores
 from .heads import context_reader, store_reader
-from .pipeline import DEFAULTS, PARAMS, check_params, find_circuit
+from .pipeline import DEFAULTS, PARAMS, check_params, find_circuit, run_phases
 from .sae import CircuitSAE, train_sae
 from .scoring import circuit_scores, edge_node_scores, node_scores, unique_cooccurrences
 from .tasks import Task, make_task
@@ -45,7 +46,9 @@ def run(ctx: RunContext):
         raise WorkbenchError(f"circuits needs a decoder-only model (attention heads through TransformerBridge); "
                              f"{model.name} is a {model.kind}. Try smollm2-135m or attn-only-induction.")
     params = {k: v for k, v in ctx.params.items() if k in DEFAULTS}
-    return find_circuit(model, read=context_reader(ctx), seed=ctx.seed, progress=ctx.progress, **params)
+    ctx.plan(run_phases(validate_params("circuits", PARAMS, params)))
+    return find_circuit(model, read=context_reader(ctx), seed=ctx.seed, progress=ctx.progress, phase=ctx.phase,
+                        **params)
 
 
 def _grid(table, column):

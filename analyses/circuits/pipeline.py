@@ -109,8 +109,20 @@ def run_attention(model, task: Task, p: dict, seed: int, read: Reader) -> Attent
     return AttentionRun(table, time.time() - t0, hit)
 
 
+def run_phases(p: dict) -> list[tuple[str, float]]:
+    """The run's phases with rough relative costs (the ablation baseline is one forward pass per head
+    over the prompts, about ten times the SAE path): one progress bar spans them."""
+    phases = [("SAE method", 1.0)]
+    if p["ablation"] != "none":
+        phases.append(("ablation baseline", 10.0))
+    if p["attention_scores"] or (p["attention_scores"] is None and p["task"] == "induction" and not p["task_file"]):
+        phases.append(("attention scores", 0.3))
+    return phases
+
+
 def find_circuit(model, *, store: ActivationStore | None = None, read: Reader | None = None, seed: int = 0,
-                 progress: Callable[[int, int, str], None] | None = None, **params) -> tuple[pd.DataFrame, dict]:
+                 progress: Callable[[int, int, str], None] | None = None,
+                 phase: Callable[[str], None] | None = None, **params) -> tuple[pd.DataFrame, dict]:
     """Run the SAE method (several seeds), the ablation baseline and scoring on a loaded decoder.
 
     ``model`` comes from :func:`workbench.models.load_model`. Clean activations are read through
@@ -120,18 +132,24 @@ def find_circuit(model, *, store: ActivationStore | None = None, read: Reader | 
     ``sae_score_sd``, ``sae_unique`` (mean raw count), ``edge_score``, ``ablation_effect`` (+
     normalised), ``in_ablation_circuit``, ``ground_truth``, ranks; the summary holds per-seed and
     mean +- sd ROC-AUCs, precision/recall, runtimes (with whether the SAE path's read was a cache
-    hit), rank correlation.
+    hit), rank correlation. ``phase(name)`` is told when each of :func:`run_phases` begins.
     """
     p = validate_params("circuits", PARAMS, params)
     check_params(p)
     say = progress or (lambda done, total, msg="": None)
+    enter = phase or (lambda name: None)
     read = read if read is not None else store_reader(model, store)
     task, lam = build_task(model, p, seed)
+    enter("SAE method")
     sae = run_sae_method(model, task, read, p, lam, seed, say)
+    if p["ablation"] != "none":
+        enter("ablation baseline")
     abl = run_ablation(model, task, p, say)
     arch = architecture_of(model.bridge, getattr(model.hf_model, "config", None))
     gt = match_ground_truth(task.name, model.name, arch)
     references = reference_circuits(abl, gt, p["circuit_threshold"])
+    if p["attention_scores"] or (p["attention_scores"] is None and task.name == "induction"):
+        enter("attention scores")
     attn = run_attention(model, task, p, seed, read)
     shape = model_shape(model.bridge)
     table = circuit_table(shape[0], shape[1], sae, abl, references, gt, attn)
