@@ -73,10 +73,10 @@ def _cfg(**kw):
 # ------------------------------------------------------------------------------------- mechanics
 def test_best_cosine_never_decreases_and_is_true_cosine(tiny):
     proposer, embedder = tiny
-    emb = Embedder(embedder)
+    emb = Embedder(embedder, precision="fp32")
     target = emb.encode(["the cat sat on a mat."])[0].numpy()
     steps = []
-    res = invert(target, Proposer(proposer), emb, _cfg(), callback=lambda s: steps.append(s.best_cosine))
+    res = invert(target, Proposer(proposer, precision="fp32"), emb, _cfg(), callback=lambda s: steps.append(s.best_cosine))
     assert len(steps) == res.steps == 6 + 4
     assert all(b >= a for a, b in zip(steps, steps[1:]))
     assert res.history == steps
@@ -87,9 +87,9 @@ def test_best_cosine_never_decreases_and_is_true_cosine(tiny):
 
 def test_seeds_reproduce(tiny):
     proposer, embedder = tiny
-    emb = Embedder(embedder)
+    emb = Embedder(embedder, precision="fp32")
     target = emb.encode(["hello world, said alice."])[0].numpy()
-    runs = [invert(target, Proposer(proposer), emb, _cfg(randomness=True, n_keep_top=1, seed=s))
+    runs = [invert(target, Proposer(proposer, precision="fp32"), emb, _cfg(randomness=True, n_keep_top=1, seed=s))
             for s in (3, 3, 4)]
     assert runs[0].text == runs[1].text and runs[0].history == runs[1].history
     assert runs[0].stage_texts == runs[1].stage_texts
@@ -97,7 +97,7 @@ def test_seeds_reproduce(tiny):
 
 def test_banned_tokens_never_appear(tiny):
     proposer, embedder = tiny
-    prop = Proposer(proposer)
+    prop = Proposer(proposer, precision="fp32")
     tok = proposer.tokenizer
     bad = [tok.convert_tokens_to_ids(c) for c in ("\n", '"', "@")] + [tok.eos_token_id, len(tok) + 1]
     assert prop.banned[bad].all()
@@ -105,12 +105,12 @@ def test_banned_tokens_never_appear(tiny):
     handle = proposer.hf_model.lm_head.register_forward_hook(
         lambda mod, inp, out: out.index_add(-1, torch.tensor(bad), torch.full((len(bad),), 50.0).expand(*out.shape[:-1], -1)))
     seen: list[str] = []
-    emb = Embedder(embedder)
+    emb = Embedder(embedder, precision="fp32")
     original = emb.encode
 
-    def spy(texts, batch_size=None):
+    def spy(texts, batch_size=None, **kw):
         seen.extend(texts)
-        return original(texts, batch_size)
+        return original(texts, batch_size, **kw)
 
     try:
         target = original(['say "hi" @ me'])[0].numpy()
@@ -124,7 +124,7 @@ def test_banned_tokens_never_appear(tiny):
 
 def test_kv_cache_matches_full_forward(tiny):
     proposer, _ = tiny
-    prop = Proposer(proposer)
+    prop = Proposer(proposer, precision="fp32")
     prompt = prop.prompt_ids("abc")
     logits, cache = prop.start(prompt)
     # step 1: three beams all from the prompt; step 2: reorder (beam 2, 0, 0)
@@ -150,7 +150,7 @@ def test_repetition_penalty_and_topk_topp_closed_form():
 
 def test_layer_embedder_is_masked_mean(tiny):
     _, embedder = tiny
-    emb = Embedder(embedder, layer=1)
+    emb = Embedder(embedder, precision="fp32", layer=1)
     texts = ["a much longer text", "ab", "abc d"]  # out of length order: encode sorts, then unsorts
     got = emb.encode(texts)
     for i, t in enumerate(texts):
@@ -159,7 +159,7 @@ def test_layer_embedder_is_masked_mean(tiny):
             hs = embedder.hf_model(**enc, output_hidden_states=True).hidden_states[1][0]
         assert torch.allclose(got[i], hs.mean(0), atol=1e-5)
     with pytest.raises(WorkbenchError):
-        Embedder(embedder, layer=3)
+        Embedder(embedder, precision="fp32", layer=3)
 
 
 def test_analysis_run_table(tiny, store):
@@ -181,7 +181,7 @@ def test_analysis_run_table(tiny, store):
 # ------------------------------------------------------------------------------------- inputs
 def test_vector_checks(tiny):
     _, embedder = tiny
-    emb = Embedder(embedder)
+    emb = Embedder(embedder, precision="fp32")
     rng = np.random.default_rng(0)
     v = rng.normal(size=(4, 32)).astype(np.float32)
     with pytest.raises(WorkbenchError, match="norms"):
@@ -190,7 +190,7 @@ def test_vector_checks(tiny):
     with pytest.raises(WorkbenchError, match="dimensions"):
         check_vectors(v[:, :16], emb)
     check_vectors(v / np.linalg.norm(v, axis=1, keepdims=True), emb)
-    check_vectors(v, Embedder(embedder, layer=2))  # hidden states are not normalised
+    check_vectors(v, Embedder(embedder, precision="fp32", layer=2))  # hidden states are not normalised
     assert parse_layers(None, 2) == [None] and parse_layers("all", 2) == [0, 1, 2]
     assert parse_layers("1,-1", 2) == [1, None]
     with pytest.raises(WorkbenchError):
@@ -279,13 +279,13 @@ def test_store_targets_equal_embed_texts(tiny, store):
 
     _, embedder = tiny
     layers = [None, 0, 1, 2]
-    max_length = Embedder(embedder).max_length
+    max_length = Embedder(embedder, precision="fp32").max_length
     targets = store_targets(embedder, TEXTS, layers, max_length, store=store)
     for layer in layers:
         direct = embed_texts(embedder, TEXTS, layer=layer, batch_size=3, max_length=max_length).numpy()
         assert targets[layer].shape == direct.shape == (len(TEXTS), 32)
         np.testing.assert_allclose(targets[layer], direct, atol=1e-5, rtol=0)
-        np.testing.assert_allclose(targets[layer], Embedder(embedder, layer).encode(TEXTS).numpy(), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(targets[layer], Embedder(embedder, layer, precision="fp32").encode(TEXTS).numpy(), atol=1e-5, rtol=0)
     # truncation is the same on both paths: a short max_length cuts targets and candidates alike
     with pytest.warns(UserWarning, match="truncated"):
         short = store_targets(embedder, TEXTS, [None], 6, store=store)[None]
@@ -310,7 +310,7 @@ def test_run_targets_come_from_the_store_and_are_cached(tiny, store):
     stored = store_targets(embedder, TEXTS[:2], [None, 1], 128, store=store)
     for row in t1.itertuples():
         layer = None if row.layer == -1 else row.layer
-        cand = Embedder(embedder, layer).encode([row.reconstruction])[0]
+        cand = Embedder(embedder, layer, precision="fp32").encode([row.reconstruction])[0]
         cos = torch.nn.functional.cosine_similarity(cand, torch.tensor(stored[layer][row.item]), dim=0)
         assert float(cos) == pytest.approx(row.cosine, abs=1e-5)
 
@@ -345,3 +345,105 @@ def test_structured_step_records(tiny, store):
     assert (d, t) == (per_item, n_items * per_item)
     assert message.split(" · ", 4)[:4] == ["item 1/4", "layer 0", "stage 2 step 2/2", f"cos {last['best_cosine']:.4f}"]
     assert legacy[0][:3] == (0, n_items, 0)
+
+
+# ------------------------------------------------------------------------------------- audit wording
+def test_titles_do_not_end_sentences():
+    assert sensitive_strings("Dr. Patel told the patient to rest.")["name"] == ["Patel"]
+    assert sensitive_strings("We met Mrs. Ann Lee. Then Bob left.")["name"] == ["Ann Lee", "Bob"]
+    assert sensitive_strings("The vet, Dr. Ng, came.")["name"] == ["Ng"]  # the title alone is no name
+
+
+def test_leak_description_says_what_leaked():
+    from analyses.inversion.metrics import leak_description, recovered_words
+
+    t = "Yesterday Maria sent her cousin in Lisbon a postcard on March 4, 2021 for 12 euros."
+    text = leak_description(t, "maria sent a postcard from lisbon for 12 euros")
+    assert text.startswith("The names 'Maria' and 'Lisbon' and the number '12' were recovered verbatim; "
+                           "the date 'March 4, 2021' was not.")
+    assert text.endswith("Words recovered: Maria, sent, Lisbon, postcard, 12, euros (6 of 11 content words).")
+    assert leak_description("We met Bob.", "Alice").startswith("The name 'Bob' was not recovered.")
+    assert leak_description("the cat sat.", "a cat").startswith("The original holds no names")
+    assert "None of its 1 content words" in leak_description("the cat.", "a dog")
+    assert "unknown" in leak_description(None, "anything")
+    assert recovered_words("The cat sat on the mat.", "the mat and a CAT") == ["cat", "mat"]
+
+
+def test_report_says_what_leaked():
+    import pandas as pd
+
+    from analyses.inversion.report import html_report, leak_overview
+    from workbench.results import Result
+
+    table = pd.DataFrame([
+        {"item": 0, "layer": -1, "target": "We met Dr. Patel in Lisbon.", "reconstruction": "met patel in a city",
+         "cosine": 0.8, "token_f1": 0.4, "bleu": 1.0, "exact_match": False, "leakage": 0.5, "n_sensitive": 2,
+         "leaked": "Patel", "steps": 3, "seconds": 1.0},
+        {"item": 1, "layer": -1, "target": "the cat sat.", "reconstruction": "a cat", "cosine": 0.7,
+         "token_f1": 0.4, "bleu": 1.0, "exact_match": False, "leakage": float("nan"), "n_sensitive": 0,
+         "leaked": "", "steps": 3, "seconds": 1.0}])
+    overview = leak_overview(table)
+    assert overview.startswith("1 of the 2 sensitive strings (names, numbers, e-mail addresses, dates) in 1 of the 2 "
+                               "originals were recovered verbatim: 'Patel' (item 1). Not recovered: 'Lisbon' (item 1).")
+    page = html_report(Result(analysis="inversion", table=table, summary={"mode": "texts"}, params={}, manifest={}))
+    assert "The name &#x27;Patel&#x27; was recovered verbatim; the name &#x27;Lisbon&#x27; was not." in page
+    vec = table.assign(target=[None, None])
+    assert "unknown" in leak_overview(vec)
+
+
+# ------------------------------------------------------------------------------------- precision
+def test_precision_resolution_and_errors():
+    from analyses.inversion.search import native_bf16, resolve_precision
+
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("BF16") == "bf16"
+    assert resolve_precision("auto") == ("bf16" if native_bf16("cpu") else "fp32")
+    with pytest.raises(WorkbenchError, match="precision must be one of"):
+        resolve_precision("fp8")
+
+
+def test_bf16_search_reports_fp32_cosines_and_leaves_the_models_alone(tiny):
+    proposer, embedder = tiny
+    exact, fast = Embedder(embedder, precision="fp32"), Embedder(embedder, precision="bf16")
+    texts = ["the cat sat on a mat.", "hello world, said alice.", "x y z"]
+    a, b = exact.encode(texts), fast.encode(texts)
+    assert b.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.999  # bf16 rounding only
+    assert torch.equal(fast.encode(texts, exact=True), a)
+    prop = Proposer(proposer, precision="bf16")
+    assert prop.hf is not proposer.hf_model and next(prop.hf.parameters()).dtype == torch.bfloat16
+    assert next(proposer.hf_model.parameters()).dtype == torch.float32  # the loaded model is untouched
+    assert Proposer(proposer, precision="bf16").hf is prop.hf  # one copy per model
+    target = a[0].numpy()
+    res = invert(target, prop, fast, _cfg())
+    recomputed = torch.nn.functional.cosine_similarity(exact.encode(res.stage_texts), torch.tensor(target)[None])
+    assert res.stage_cosines == pytest.approx(recomputed.tolist(), abs=1e-6)
+    assert res.cosine == pytest.approx(max(res.stage_cosines)) and res.text in res.stage_texts
+
+
+# ------------------------------------------------------------------------------------- restarts
+def test_refine_text_picks_the_best_distinct_stage_results():
+    from analyses.inversion.search import refine_text
+
+    texts, cosines = ["a b", "c d", "a b", "e f"], [0.5, 0.7, 0.5, 0.7]
+    assert refine_text(texts, cosines) == "c d"  # ties: the earlier stage
+    assert refine_text(texts, cosines, pool=2) == "c d\ne f"
+    assert refine_text(texts, cosines, pool=9) == "c d\ne f\na b"  # duplicates count once
+
+
+@pytest.mark.parametrize("pool", [1, 2])
+def test_every_later_stage_restarts_from_the_best_so_far(tiny, pool):
+    from analyses.inversion.search import refine_text
+
+    proposer, embedder = tiny
+    prop, emb = Proposer(proposer, precision="fp32"), Embedder(embedder, precision="fp32")
+    prompts: list[str] = []
+    original = prop.prompt_ids
+    prop.prompt_ids = lambda instruction: (prompts.append(instruction), original(instruction))[1]
+    target = emb.encode(["the cat sat on a mat."])[0].numpy()
+    res = invert(target, prop, emb, _cfg(stages=4, refine_prompt="like: {text}", refine_pool=pool))
+    assert len(prompts) == len(res.stage_texts) == 4 and prompts[0] == _cfg().prompt
+    for s in range(1, 4):  # stage s + 1 is prompted with the best of stages 1..s
+        assert prompts[s] == "like: " + refine_text(res.stage_texts[:s], res.stage_cosines[:s], pool)
+    assert res.cosine == pytest.approx(max(res.stage_cosines))
+    with pytest.raises(WorkbenchError, match="refine_pool"):
+        _cfg(refine_pool=0).check()

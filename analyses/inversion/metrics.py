@@ -63,6 +63,9 @@ DATE = re.compile(
 NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*%?")
 _CAP_RUN = re.compile(r"\b[A-Z][\w'\-]*(?:\s+[A-Z][\w'\-]*)*")
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;]\s+|[\"'(\[]\s*)$")
+#: abbreviated titles: the full stop after them does not end a sentence, and alone they are not names
+_TITLES = ("Dr", "Mr", "Mrs", "Ms", "Mx", "Prof", "Sr", "Jr", "St", "Mt", "Rev", "Gen", "Capt", "Sgt", "Lt", "Col")
+_AFTER_TITLE = re.compile(r"\b(?:" + "|".join(_TITLES) + r")\.\s+$")
 
 
 def sensitive_strings(text: str) -> dict[str, list[str]]:
@@ -75,8 +78,9 @@ def sensitive_strings(text: str) -> dict[str, list[str]]:
       ``95%``) that are not inside an e-mail or a date.
     - ``name``: maximal runs of capitalised words (first letter A-Z), space separated, after dropping
       a first word that starts a sentence (start of text or after ``. ! ? : ;`` or an opening
-      quote/bracket), so ``The`` at a sentence start is not a name but ``BERT`` or ``Alice Smith``
-      in mid-sentence is. Months inside dates count as dates, not names. A rough stand-in for
+      quote/bracket; the full stop of an abbreviated title such as ``Dr.`` or ``Mrs.`` does not end
+      a sentence, and the title itself is dropped), so ``The`` at a sentence start is not a name but
+      ``BERT``, ``Alice Smith`` in mid-sentence and ``Patel`` in "Dr. Patel" are. Months inside dates count as dates, not names. A rough stand-in for
       NER (PERSON/ORG/GPE/PRODUCT) that also catches acronyms and capitalised method names.
 
     Strings are de-duplicated per kind, in order of appearance.
@@ -97,8 +101,11 @@ def sensitive_strings(text: str) -> dict[str, list[str]]:
         if not free(m.span()):
             continue
         words = m.group().split()
-        if _SENTENCE_START.search(text[:m.start()]):
+        before = text[:m.start()]
+        if _SENTENCE_START.search(before) and not _AFTER_TITLE.search(before):
             words = words[1:]
+        if words and words[-1] in _TITLES and text[m.end():m.end() + 1] == ".":
+            words = words[:-1]  # "Dr" of "Dr. Patel": the name is what follows
         name = " ".join(words)
         if name and name not in found["name"]:
             found["name"].append(name)
@@ -126,3 +133,79 @@ def text_metrics(target: str, prediction: str) -> dict:
     return {"token_f1": token_set_f1(target, prediction), "bleu": bleu(target, prediction),
             "exact_match": exact_match(target, prediction), "leakage": frac, "n_sensitive": n,
             "leaked": "; ".join(leaked)}
+
+
+# ---------------------------------------------------------------------------------------------
+# What leaked, in words (the audit report)
+# ---------------------------------------------------------------------------------------------
+_KIND_ORDER = ("name", "email", "date", "number")
+_KIND_PLURAL = {"name": "names", "email": "e-mail addresses", "date": "dates", "number": "numbers"}
+_KIND_SINGULAR = {"name": "name", "email": "e-mail address", "date": "date", "number": "number"}
+#: words too common to count as recovered content (the report's word list only)
+STOPWORDS = frozenset(
+    "a an the and or but of to in on at by for from with without into onto over under as is are was were be been "
+    "being it its this that these those there their they them he she his her we our you your i my me not no so "
+    "than then also can will would may might has have had do does did which who whom what when where while".split())
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _phrase(by_kind: dict[str, list[str]]) -> tuple[str, int]:
+    """("the name 'Maria', the dates '4 May' and '5 May'", number of strings)."""
+    parts, n = [], 0
+    for kind in _KIND_ORDER:
+        strings = by_kind.get(kind) or []
+        if strings:
+            noun = _KIND_SINGULAR[kind] if len(strings) == 1 else _KIND_PLURAL[kind]
+            parts.append(f"the {noun} " + _join([f"'{s}'" for s in strings]))
+            n += len(strings)
+    return (_join(parts) if parts else ""), n
+
+
+def recovered_words(target: str, prediction: str) -> list[str]:
+    """Content words of ``target`` (letters/digits, not in :data:`STOPWORDS`) that also occur in
+    ``prediction``, case-insensitively, in the target's order, each once."""
+    pred = {w.lower() for w in word_tokenize(prediction)}
+    out: list[str] = []
+    for w in word_tokenize(target):
+        if w[0].isalnum() and w.lower() not in STOPWORDS and w.lower() in pred and w not in out:
+            out.append(w)
+    return out
+
+
+def leak_description(target: str | None, prediction: str) -> str:
+    """What the reconstruction recovered of ``target``, in plain words, e.g. "The names 'Patel' and
+    'Lisbon' were recovered verbatim; the date 'March 4' was not. Words recovered: Patel, Lisbon,
+    postcard (3 of 9 content words)."
+
+    Sensitive strings are :func:`sensitive_strings` (the project's regex definition: its 'names' are
+    capitalised words, so places and organisations count as names); a string is recovered when
+    :func:`leakage` finds it. ``target=None`` (an inverted vector): the original is unknown.
+    """
+    if target is None:
+        return ("The original text is unknown (a vector was inverted), so what leaked cannot be checked; "
+                "the reconstruction is the best guess at it.")
+    kinds = sensitive_strings(target)
+    _, _, leaked = leakage(target, prediction)
+    got = {k: [s for s in v if s in leaked] for k, v in kinds.items()}
+    missed = {k: [s for s in v if s not in leaked] for k, v in kinds.items()}
+    got_text, n_got = _phrase(got)
+    missed_text, n_missed = _phrase(missed)
+    if n_got and n_missed:
+        first = (f"{got_text[0].upper()}{got_text[1:]} {'was' if n_got == 1 else 'were'} recovered verbatim; "
+                 f"{missed_text} {'was' if n_missed == 1 else 'were'} not.")
+    elif n_got:
+        first = f"{got_text[0].upper()}{got_text[1:]} {'was' if n_got == 1 else 'were'} recovered verbatim."
+    elif n_missed:
+        first = f"{missed_text[0].upper()}{missed_text[1:]} {'was' if n_missed == 1 else 'were'} not recovered."
+    else:
+        first = "The original holds no names, numbers, e-mail addresses or dates."
+    content = [w for w in dict.fromkeys(word_tokenize(target)) if w[0].isalnum() and w.lower() not in STOPWORDS]
+    words = recovered_words(target, prediction)
+    if words:
+        second = f"Words recovered: {', '.join(words)} ({len(words)} of {len(content)} content words)."
+    else:
+        second = f"None of its {len(content)} content words was recovered."
+    return f"{first} {second}"

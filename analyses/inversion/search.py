@@ -16,9 +16,18 @@ to the target. Per step, for every beam (all beams have the same number of gener
    scored by ``cos(φ(text), e)``; the top ``B`` survive (``randomness``: the top ``n_keep_top`` plus a
    seeded random sample of the rest, as the repo's ``randomness=True``).
 
-Stage 2 restarts from an empty text with the prompt ``"write a sentence similar to this: {best}"``.
-Unlike the repo, which returns the final beam's best, we return the best text scored at *any* step
-of any stage (shorter prefixes are valid texts), so the reported cosine never decreases over steps.
+Stage 2 restarts from an empty text with the prompt ``"write a sentence similar to this: {best}"``;
+every further stage (``stages`` > 2; the repo's experiment runs 5) restarts the same way from the best
+text so far (or the ``refine_pool`` best stage results, one per line). Unlike the repo, which returns
+the final beam's best, we return the best text scored at *any* step of any stage (shorter prefixes are
+valid texts), so the reported cosine never decreases over steps.
+
+Arithmetic (``precision``): ``fp32`` is the repo's; ``bf16`` scores candidates under bf16 autocast
+and runs the proposer as a bf16 copy, about 2.3x faster per sentence on a CPU with native bf16
+(``avx512_bf16``/``amx_bf16``); the candidates' cosines move by about 1e-4, and the reported
+cosines (every stage's best, hence the result) are recomputed in fp32. ``auto`` (default) picks
+bf16 where the hardware does it natively. Compared with a transcription of the repo's search in
+``benchmarks/bench_inversion_reference.py``.
 
 Embeddings: :class:`Embedder` embeds the candidates through :func:`workbench.hooked.embed_texts`
 (the core's one path for new texts); ``layer=None`` uses the model's own sentence embedding
@@ -31,9 +40,13 @@ not). See docs/methods.md, "Embedding inversion".
 
 from __future__ import annotations
 
+import copy
 import time
+import weakref
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -46,6 +59,38 @@ STAGE1_PROMPT = "Write a sentence."
 REFINE_PROMPT = "write a sentence similar to this: {text}"
 #: substrings that ban a token (the repo's \n, ", @ and NBSP, plus the other newline/quote forms)
 BANNED_SUBSTRINGS = ("\n", "\r", '"', "@", "\xa0", "“", "”", "\t")
+#: the search's arithmetic: fp32, bf16, or auto (bf16 where the hardware does bf16 natively)
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether ``device`` runs bf16 matmuls natively: a CUDA GPU with bf16, or a CPU whose flags
+    list ``avx512_bf16`` or ``amx_bf16`` (Linux ``/proc/cpuinfo``; elsewhere False)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    return _cpu_bf16()
+
+
+@lru_cache(maxsize=1)
+def _cpu_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="ignore")
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """``fp32`` or ``bf16``: ``auto`` is bf16 where :func:`native_bf16`, else fp32."""
+    precision = str(precision or "auto").lower()
+    if precision not in PRECISIONS:
+        raise WorkbenchError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
 
 
 class Embedder:
@@ -54,9 +99,15 @@ class Embedder:
     ``layer=None``: the model's sentence embedding (its pooling and normalisation); ``layer=l``:
     mean over real tokens of ``hidden_states[l]`` (0 = embeddings, l = after block l). Texts are
     tokenized with the tokenizer's defaults (special tokens included), truncated at ``max_length``.
+
+    ``precision="bf16"`` scores the search's candidates under bf16 autocast (about 2.5x faster on a
+    CPU with native bf16; cosines within about 1e-4 of fp32); ``encode(..., exact=True)`` is always
+    fp32, and the reported cosines of :func:`invert` are recomputed that way. ``auto`` (the default):
+    bf16 where :func:`native_bf16`, else fp32.
     """
 
-    def __init__(self, model, layer: int | None = None, batch_size: int = 128, max_length: int = 128):
+    def __init__(self, model, layer: int | None = None, batch_size: int = 128, max_length: int = 128,
+                 precision: str = "auto"):
         if model.kind != "encoder":
             raise WorkbenchError(f"{model.name} is a {model.kind}; the inversion target must come from an "
                                  "encoder / sentence embedder such as minilm-l6.")
@@ -67,6 +118,8 @@ class Embedder:
         self.layer = None if layer is None else int(layer)
         self.batch_size = int(batch_size)
         self.max_length = int(min(max_length, model.max_length))
+        self.device = torch.device(getattr(model, "input_device", "cpu"))
+        self.precision = resolve_precision(precision, self.device)
         self.calls = 0  # forward passes, for the benchmark
 
     @property
@@ -77,11 +130,16 @@ class Embedder:
     def normalizes(self) -> bool:
         return self.layer is None and bool(self.model.sentence_normalize)
 
-    def encode(self, texts: list[str], batch_size: int | None = None) -> torch.Tensor:
-        """Embed candidate texts exactly as the targets were embedded (the core's one embedding path)."""
+    def encode(self, texts: list[str], batch_size: int | None = None, exact: bool = False) -> torch.Tensor:
+        """Embed candidate texts as the targets were embedded (the core's one embedding path); under
+        bf16 autocast when the precision is bf16 and not ``exact``. Returns float32."""
         self.calls += -(-len(texts) // int(batch_size or self.batch_size)) if texts else 0
-        return embed_texts(self.model, texts, layer=self.layer, batch_size=int(batch_size or self.batch_size),
-                           max_length=self.max_length)
+        fast = self.precision == "bf16" and not exact
+        ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if fast else nullcontext()
+        with ctx:
+            out = embed_texts(self.model, texts, layer=self.layer, batch_size=int(batch_size or self.batch_size),
+                              max_length=self.max_length)
+        return out.float()
 
 
 @dataclass
@@ -90,7 +148,10 @@ class SearchConfig:
 
     ``threshold``: stop as soon as the best cosine reaches it. ``randomness``: keep the top
     ``n_keep_top`` and a random sample (``seed``) of the other candidates. ``refine_prompt`` holds
-    ``{text}``, replaced by the best text so far at the start of each stage after the first.
+    ``{text}``, replaced at the start of each stage after the first by the best text so far or, with
+    ``refine_pool = n > 1``, by the ``n`` best distinct stage results so far (best first), one per
+    line: a zero-shot stand-in for the paper's trained correction stage, which reads several
+    candidates.
     """
 
     beam_width: int = 10
@@ -105,10 +166,11 @@ class SearchConfig:
     n_keep_top: int = 5
     prompt: str = STAGE1_PROMPT
     refine_prompt: str = REFINE_PROMPT
+    refine_pool: int = 1
     seed: int = 0
 
     def check(self) -> None:
-        for name in ("beam_width", "top_k", "max_steps", "stages"):
+        for name in ("beam_width", "top_k", "max_steps", "stages", "refine_pool"):
             if int(getattr(self, name)) < 1:
                 raise WorkbenchError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if not 0 < self.top_p <= 1:
@@ -195,15 +257,35 @@ def propose(logits: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tenso
     return top_ids, valid
 
 
-class Proposer:
-    """A causal LM in its chat format; keeps one KV cache row per beam."""
+#: bf16 copies of proposers' transformers models, one per fp32 model while it lives
+_BF16_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
-    def __init__(self, model):
+
+def bf16_copy(hf_model):
+    """A bf16 copy of a transformers model (made once per model; the model itself is untouched)."""
+    if hf_model not in _BF16_COPIES:
+        _BF16_COPIES[hf_model] = copy.deepcopy(hf_model).to(torch.bfloat16).eval()
+    return _BF16_COPIES[hf_model]
+
+
+class Proposer:
+    """A causal LM in its chat format; keeps one KV cache row per beam.
+
+    ``precision="bf16"``: the proposer runs as a bf16 copy of the model (half the weight traffic per
+    step, about 2x faster on a CPU with native bf16); its logits round to within about 0.3 of fp32's, so
+    near-ties among the top-k proposals can swap. ``auto`` (the default): bf16 where
+    :func:`native_bf16`, else fp32.
+    """
+
+    def __init__(self, model, precision: str = "auto"):
         if model.kind != "decoder":
             raise WorkbenchError(f"The proposer must be a decoder (causal LM), {model.name} is a {model.kind}.")
         model.require_kv_cache("the inversion proposer")
         self.model = model
-        self.hf = model.hf_model  # plain transformers: its KV-cache path is checked on every load
+        device = model.hf_model.get_input_embeddings().weight.device
+        self.precision = resolve_precision(precision, device)
+        # plain transformers: its KV-cache path is checked on every load (the copy shares its code)
+        self.hf = bf16_copy(model.hf_model) if self.precision == "bf16" else model.hf_model
         self.tokenizer = model.tokenizer
         self.device = self.hf.get_input_embeddings().weight.device
         vocab = int(self.hf.get_output_embeddings().weight.shape[0])
@@ -224,7 +306,8 @@ class Proposer:
     def start(self, prompt: torch.Tensor):
         """Run the prompt once: (logits of the next token [1, V], cache of batch 1)."""
         # the proposer runs on its model's device; the [B, V] logits come back to the CPU for the search
-        out = self.hf(input_ids=prompt.to(self.device), use_cache=True)
+        # logits_to_keep=1: the vocabulary projection of the last prompt position only
+        out = self.hf(input_ids=prompt.to(self.device), use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float().cpu(), out.past_key_values
 
     @torch.inference_mode()
@@ -306,6 +389,14 @@ def run_stage(proposer: Proposer, embedder: Embedder, target: torch.Tensor, inst
     return best_text, best_cos, history, steps_run, n_embedded
 
 
+def refine_text(stage_texts: list[str], stage_cosines: list[float], pool: int = 1) -> str:
+    """What ``{text}`` of the refine prompt becomes: the ``pool`` best distinct stage results, best
+    first (ties: the earlier stage), one per line; ``pool = 1``: the best text so far."""
+    order = sorted(range(len(stage_texts)), key=lambda i: (-stage_cosines[i], i))
+    picked = list(dict.fromkeys(stage_texts[i] for i in order))[: max(1, int(pool))]
+    return "\n".join(picked)
+
+
 def invert(target: np.ndarray | torch.Tensor, proposer: Proposer, embedder: Embedder, cfg: SearchConfig,
            callback: Callable[[StepInfo], None] | None = None) -> InversionResult:
     """Invert one target vector ``[D]`` (in the embedder's space at its layer) to a text."""
@@ -323,8 +414,11 @@ def invert(target: np.ndarray | torch.Tensor, proposer: Proposer, embedder: Embe
         if stage == 1:
             instruction, steps = cfg.prompt, cfg.max_steps
         else:
-            # stage s >= 2 refines the best text so far (the repo runs one refinement stage)
-            instruction, steps = cfg.refine_prompt.replace("{text}", best[0]), cfg.refine_steps or cfg.max_steps
+            # stage s >= 2 restarts from an empty text, prompted with the best text so far (the repo's
+            # experiment runs 5 stages: 4 such restarts) or the refine_pool best stage results
+            instruction = cfg.refine_prompt.replace("{text}", refine_text(result.stage_texts, result.stage_cosines,
+                                                                          cfg.refine_pool))
+            steps = cfg.refine_steps or cfg.max_steps
         text, cos, hist, n_steps, n_emb = run_stage(proposer, embedder, target, instruction, cfg, rng, steps,
                                                     stage, best, callback)
         result.stage_texts.append(text)
@@ -336,6 +430,13 @@ def invert(target: np.ndarray | torch.Tensor, proposer: Proposer, embedder: Embe
             best = (text, cos)
         if best[1] >= cfg.threshold:
             break
+    if embedder.precision != "fp32":
+        # the search scored in bf16: report every stage's best at full precision
+        exact = torch.nn.functional.cosine_similarity(embedder.encode(result.stage_texts, exact=True),
+                                                      target.unsqueeze(0), dim=-1)
+        result.stage_cosines = [float(c) for c in exact]
+        i = int(np.argmax(result.stage_cosines))
+        best = (result.stage_texts[i], result.stage_cosines[i])
     result.text, result.cosine = best
     result.seconds = time.time() - t0
     return result
