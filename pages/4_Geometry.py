@@ -1,11 +1,12 @@
-"""Geometry page: per-layer anisotropy and intrinsic dimension, and a 2-D map of one layer."""
+"""Geometry page: per-layer anisotropy and intrinsic dimension, and a 2-D map of one layer; a representation
+transform shown beside the untransformed result, other models side by side or as a difference."""
 
 import streamlit as st
 
 from analyses.geometry import ESTIMATORS
-from workbench import ui
+from workbench import compare, ui
 from workbench.analysis import get_analysis
-from workbench.models import builtin_models
+from workbench.stats.transform_params import transform_widgets
 
 ui.page_header("geometry")
 st.caption(
@@ -28,6 +29,8 @@ with tab_curves:
     c2 = st.columns(4)
     with st.expander("More options"):
         c3, c4 = st.columns(4), st.columns(4)
+    with st.expander("Representation transform (shown beside the untransformed result)"):
+        c5, c6 = st.columns(4), st.columns(4)
     params = ui.param_widgets("geometry", {
         "representation": dict(container=c[1], label="Representation", key="geo_rep"),
         "skip_first": dict(container=c[2], label="Exclude first position (BOS / [CLS])", key="geo_excl"),
@@ -43,16 +46,15 @@ with tab_curves:
         "discard_fraction": dict(container=c4[0], label="TwoNN discard fraction", key="geo_discard", step=0.05),
         "n_boot_spectrum": dict(container=c4[1], label="SVD bootstrap resamples", key="geo_bootspec"),
         "max_points_spectrum": dict(container=c4[2], label="SVD/PCA points (0 = all)", key="geo_specpts"),
+        **transform_widgets("geo", list(c5) + list(c6)),
     })
     params["estimators"] = ",".join(est) or "svd"
-    others = []
-    if not on_vectors:
-        names = [n for n, s in builtin_models().items() if s.kind in ("decoder", "encoder") and n != choice.get("model")]
-        others = st.multiselect("Overlay other models (same data and settings)", names, key="geo_overlay")
+    others, mode = ([], "single") if on_vectors else compare.page_controls("geo", choice.get("model"))
     result = ui.run("geometry", params, choice, overlay=others)
     if result is not None:
-        ui.show_figure(result)
-        ui.show_table(result)
+        shown = compare.view(result, mode)
+        ui.show_figure(shown)
+        ui.show_table(shown)
         st.caption("Definitions: " + "; ".join(f"**{k}**: {v}" for k, v in result.summary.get("definitions", {}).items()))
 
 with tab_map:
@@ -68,8 +70,11 @@ with tab_map:
         "skip_first": dict(container=c2[1], label="Exclude first position", key="proj_excl"),
         "max_texts": dict(container=c2[2], label="Texts (first N, 0 = all)", key="proj_texts"),
         "umap_n_neighbors": dict(container=c2[3], label="UMAP neighbours", key="proj_nn"),
+        "transform": dict(label="Transform (its map beside the untransformed one)", key="proj_tr"),
     })
     pparams.update({"color": pparams["color"].strip(), "max_length": params["max_length"], "seed": params["seed"]})
+    pparams.update({k: params[k] for k in ("transform_k", "transform_fit", "clip_value", "outlier_rule",
+                                           "outlier_threshold", "transform_shrinkage")})
     presult = ui.run("projection", pparams, choice)
     if presult is not None:
         ui.show_figure(presult, key="map")

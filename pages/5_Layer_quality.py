@@ -1,10 +1,12 @@
 """Layer-quality page: information-theoretic and geometric metrics per layer beside probe accuracy and
-retrieval, the correlation of each metric with the probe, and the recommended layer."""
+retrieval, the correlation of each metric with the probe, and the recommended layer; a representation
+transform's probe and retrieval beside the untransformed ones; other models side by side or as a difference."""
 
 import pandas as pd
 import streamlit as st
 
-from workbench import ui
+from workbench import compare, ui
+from workbench.stats.transform_params import transform_widgets
 
 ui.page_header("layer_quality")
 st.caption(
@@ -20,6 +22,9 @@ on_vectors = choice.get("vectors") is not None
 c = st.columns(4)
 with st.expander("Augmentations, downstream data and reference options"):
     c2, c3, c4 = st.columns(4), st.columns(4), st.columns(4)
+with st.expander("WhiteningBERT: layer combination and representation transform (probe and retrieval beside the "
+                 "untransformed scores)"):
+    c5, c6 = st.columns(4), st.columns(4)
 params = ui.param_widgets("layer_quality", {
     "max_texts": dict(container=c[0], label="Prompts (first N)", key="lq_texts", disabled=on_vectors),
     "max_length": dict(container=c[1], label="Tokens per text", key="lq_len", disabled=on_vectors),
@@ -37,10 +42,14 @@ params = ui.param_widgets("layer_quality", {
     "clamp": dict(container=c4[1], label="Clamp Gram entries at 0 (reference quirk)", key="lq_clamp"),
     "skip_first": dict(container=c4[2], label="Leave out position 0 (BOS / sink)", key="lq_skip"),
     "pooling": dict(container=c4[3], label="Pooling", key="lq_pool"),
+    "combine_layer": dict(container=c5[0], label="first_last: layer averaged in", key="lq_combine"),
+    **transform_widgets("lq", list(c5[1:]) + list(c6)),
     "seed": dict(label="Seed", key="lq_seed"),
 })
 
-result = ui.run("layer_quality", params, choice)
+others, mode = ([], "single") if on_vectors else compare.page_controls("lq", choice.get("model"))
+run_result = ui.run("layer_quality", params, choice, overlay=others)
+result = compare.view(run_result, mode)
 if result is not None:
     s = result.summary
     rec = s.get("recommendation")
@@ -49,6 +58,10 @@ if result is not None:
     elif rec:
         st.info(rec["reason"])
     ui.show_figure(result)
+    transform = s.get("transform") or {}
+    if transform.get("scores"):
+        st.subheader(f"Before and after {transform['transform']} (fit on {transform['fit_on']})")
+        st.dataframe(pd.DataFrame(transform["scores"]).T, use_container_width=False)
     rho = s.get("spearman_with_probe_accuracy")
     if rho:
         st.subheader("Which metric tracks the probe?")

@@ -19,7 +19,8 @@ analyses and figures), :mod:`.results_tables` (the README table).
 """
 
 from .layers import ESTIMATORS, geometry_table, layer_geometry_rows
-from .analysis import figure_geometry, figure_projection, run_geometry, run_projection, register_all
+from .analysis import figure_geometry, run_geometry, register_all
+from .projection import figure_projection, run_projection
 
 register_all()
 

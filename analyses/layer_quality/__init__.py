@@ -13,6 +13,12 @@ Per layer l = 0..L, the unsupervised metrics of Skean et al. 2025 ("Layer by Lay
 - ``probe_accuracy`` (cross-validated logistic regression on labelled texts, default the built-in
   ``topics`` set), ``retrieval_recall_at_1`` / ``retrieval_mrr`` (title -> abstract).
 
+With ``transform`` (``workbench.stats.transform_params``: clip / remove outliers, whiten, whiten_k,
+remove_top_pcs) the probe and the retrieval are scored again on transformed vectors, beside the
+untransformed scores (``*_transformed`` columns, the fits in the summary's ``transform``);
+``pooling="first_last"`` is WhiteningBERT's first + last layer combination (:mod:`.transformed`;
+docs/methods.md, "Outliers, whitening and layer similarity").
+
 The summary holds the Spearman correlation of every metric with probe accuracy across layers, the
 recommended layer with its reason, the augmentation settings (with examples) and the time per metric.
 One extraction per dataset: residual states of every layer are asked from the store once for the
@@ -35,14 +41,16 @@ from workbench.analysis import AnalysisSpec, Param, RunContext, defaults_of, reg
 from workbench.data import TextDataset, load_dataset
 from workbench.errors import WorkbenchError
 from workbench.results import Result
+from workbench.stats.transform_params import TRANSFORM_PARAMS, layer_transform_for
 
 from . import results_tables
 
 from . import metrics
 from .augment import AugmentSettings, augment_texts
-from .core import METRIC_COLUMNS, POOLINGS, VECTOR_METRICS, layer_row, pool, timed
+from .core import METRIC_COLUMNS, POOLINGS, VECTOR_METRICS, layer_row, timed
 from .downstream import metric_correlations, recommend_layer, retrieval_scores, topic_probe
 from .metrics import CURVATURE_VARIANTS, ENTROPY_NORMALIZATIONS
+from .transformed import before_after, combine_hook, pooled, prompt_states, transformed_downstream
 
 DOWNSTREAM_COLUMNS = ("probe_accuracy", "probe_accuracy_std", "retrieval_recall_at_1", "retrieval_mrr")
 
@@ -75,8 +83,11 @@ PARAMS = {
                        "(TwoNN and the entropies need at least 3)", min=3),
     "max_length": Param(128, "tokens per text (longer texts are truncated)", min=1),
     "skip_first": Param(False, "leave out position 0 of each text (BOS / attention-sink massive activations)"),
-    "pooling": Param("mean", "prompt vector: 'mean' of token states, or 'normalized_mean' (centre + row-normalise "
-                     "first)", choices=POOLINGS),
+    "pooling": Param("mean", "prompt vector: 'mean' of token states, 'normalized_mean' (centre + row-normalise "
+                     "first), or 'first_last' (WhiteningBERT: states of layer combine_layer and layer l averaged, "
+                     "then the mean)", choices=POOLINGS),
+    "combine_layer": Param(1, "the layer first_last pooling averages in (1 = the first block's output, 0 = the "
+                           "embeddings)", min=0),
     "alpha": Param(1.0, "Renyi order of the matrix entropies (1 = von Neumann)", min=0, closed="neither"),
     "normalization": Param("maxEntropy", "entropy normalisation: " + ", ".join(ENTROPY_NORMALIZATIONS),
                            choices=ENTROPY_NORMALIZATIONS),
@@ -102,16 +113,9 @@ PARAMS = {
     "retrieval_doc_column": Param("abstract", "document column (default abstract)"),
     "retrieval_pairs": Param(200, "use the first N pairs (0 = all; retrieval needs at least 2)", min=0,
                              check=_zero_or_at_least_two, allowed="0 (all) or an integer >= 2"),
+    **TRANSFORM_PARAMS,
 }
 DEFAULTS = defaults_of(PARAMS)
-
-
-def _pooled(entry, hook: str, p: dict) -> np.ndarray:
-    """Prompt vectors [n_texts, D] of an entry, position 0 left out with ``skip_first``: the store's
-    ``mean_pooled`` for ``mean``; ``normalized_mean`` centres each text first (per text, so by hand)."""
-    if p["pooling"] == "mean":
-        return entry.mean_pooled(hook, skip_first=p["skip_first"])
-    return np.stack([pool(Z, p["pooling"], p["skip_first"]) for _, Z in entry.iter_texts(hook)])
 
 
 def _vectors_run(ctx: RunContext):
@@ -142,6 +146,8 @@ def run(ctx: RunContext):
     t0 = time.perf_counter()
     entry = ctx.activations(hooks, max_length=max_length, dataset=ds)
     timings["extract_prompts"] = time.perf_counter() - t0
+    first = combine_hook(hooks, p)
+    lt = layer_transform_for(ctx, hooks, max_length, lambda e, hook: pooled(e, hook, p, first))
 
     # ---- augmented copies: a second dataset, one extraction
     aug_entry, aug_info = None, {"used": False}
@@ -179,32 +185,49 @@ def run(ctx: RunContext):
     rows = []
     for layer, hook in enumerate(hooks):
         ctx.progress(layer, L, f"layer {layer}/{L - 1}: metrics")
-        prompts = (Z for _, Z in entry.iter_texts(hook))
+        prompts = prompt_states(entry, hook, first)
         views = None
         if aug_entry is not None:
             with timed(timings, "pooling"):
-                flat = _pooled(aug_entry, hook, p)
+                flat = pooled(aug_entry, hook, p, first)
             views = flat.reshape(n_aug_prompts, A, -1)
         row = {"layer": layer, "depth": layer / max(L - 1, 1), "hook": hook,
-               **layer_row(prompts, None, views, params=metric_params, timings=timings)}
-        if probe_entry is not None:
-            with timed(timings, "pooling"):
-                X = _pooled(probe_entry, hook, p)
-            with timed(timings, "probe"):
-                row["probe_accuracy"], row["probe_accuracy_std"] = topic_probe(
-                    X, probe_labels, n_splits=int(p["probe_folds"]), seed=ctx.seed)
-        if retr_entries is not None:
-            with timed(timings, "pooling"):
-                Q, D = (_pooled(e, hook, p) for e in retr_entries)
-            with timed(timings, "retrieval"):
-                row["retrieval_recall_at_1"], row["retrieval_mrr"] = retrieval_scores(Q, D)
+               **layer_row(prompts, None, views, params=metric_params, timings=timings),
+               **_downstream(layer, hook, (probe_entry, probe_labels), retr_entries, lt, first, p, ctx.seed, timings)}
         rows.append(row)
     ctx.progress(L, L, "done")
     table = pd.DataFrame(rows)
     table.insert(0, "model", model.name)
 
     summary = _summary(table, p, ds, entry, aug_info, probe_ds, probe_labels, retr, timings)
+    summary["transform"] = before_after(table, lt)
+    if first is not None:
+        summary["pooling"] = {"pooling": "first_last", "combine_layer": int(p["combine_layer"]),
+                              "definition": "token states of layer combine_layer and layer l averaged, then the mean "
+                                            "over tokens (WhiteningBERT's first-last at l = L)"}
     return table, summary
+
+
+def _downstream(layer: int, hook: str, probe_set: tuple, retr_entries, lt, first, p: dict, seed: int,
+                timings: dict) -> dict:
+    """One layer's topic probe and retrieval, and their transformed scores (``transform``)."""
+    row, probe, retrieval = {}, None, None
+    probe_entry, probe_labels = probe_set
+    if probe_entry is not None:
+        with timed(timings, "pooling"):
+            X = pooled(probe_entry, hook, p, first)
+        with timed(timings, "probe"):
+            row["probe_accuracy"], row["probe_accuracy_std"] = topic_probe(
+                X, probe_labels, n_splits=int(p["probe_folds"]), seed=seed)
+        probe = (X, probe_labels)
+    if retr_entries is not None:
+        with timed(timings, "pooling"):
+            Q, D = (pooled(e, hook, p, first) for e in retr_entries)
+        with timed(timings, "retrieval"):
+            row["retrieval_recall_at_1"], row["retrieval_mrr"] = retrieval_scores(Q, D)
+        retrieval = (Q, D)
+    row.update(transformed_downstream(lt, layer, probe, retrieval, p, seed, timings))
+    return row
 
 
 def _probe_dataset(ctx: RunContext, data: TextDataset) -> TextDataset | None:
@@ -297,6 +320,14 @@ def figure(result: Result):
                                      legendgroup=model_name, showlegend=k == 0, error_y=err,
                                      hovertemplate=f"layer %{{x}}<br>{col} %{{y:.4g}}<extra>{model_name}</extra>"),
                           row=r, col=c)
+            after = f"{col}_transformed"
+            if after in group and group[after].notna().any():
+                name = f"{model_name} · {result.summary.get('transform', {}).get('transform', 'transformed')}"
+                fig.add_trace(go.Scatter(x=group["layer"], y=group[after], mode="lines+markers", name=name,
+                                         legendgroup=name, showlegend=col == "probe_accuracy" or
+                                         "probe_accuracy_transformed" not in group, line=dict(dash="dash"),
+                                         hovertemplate=f"layer %{{x}}<br>{after} %{{y:.4g}}<extra>{name}</extra>"),
+                              row=r, col=c)
         if best is not None:
             fig.add_vline(x=best, line_dash="dot", line_color="grey", row=r, col=c)
     fig.update_xaxes(title_text="layer")

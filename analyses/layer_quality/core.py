@@ -31,7 +31,7 @@ METRIC_COLUMNS = ("prompt_entropy", "dataset_entropy", "effective_rank", "curvat
                   "infonce_mi_lower_bound", "lidar", "dime", "twonn")
 #: the metrics a user-supplied matrix of sentence vectors supports
 VECTOR_METRICS = ("dataset_entropy", "effective_rank", "twonn")
-POOLINGS = ("mean", "normalized_mean")
+POOLINGS = ("mean", "normalized_mean", "first_last")
 
 DEFAULT_METRIC_PARAMS = {
     "alpha": 1.0, "normalization": "maxEntropy", "clamp": False, "curvature": "paper",
@@ -57,7 +57,7 @@ def pool(Z: np.ndarray, pooling: str = "mean", skip_first: bool = False) -> np.n
     row-normalised tokens (the older reference code). ``skip_first`` drops position 0 (BOS /
     attention-sink "massive activations") when the prompt has more than one token.
     """
-    Z = np.asarray(Z, dtype=np.float64)
+    Z = np.asarray(Z, dtype=np.float64)  # first_last: the layers are combined before pooling (a plain mean)
     if skip_first and Z.shape[0] > 1:
         Z = Z[1:]
     if pooling == "normalized_mean":

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import WorkbenchError
-from workbench.stats import l2_normalize
+from workbench.retrieval import retrieval_scores  # noqa: F401  (moved to the core)
 
 
 def topic_probe(X, labels, *, n_splits: int = 5, seed: int = 0, C: float = 1.0,
@@ -48,22 +48,6 @@ def topic_probe(X, labels, *, n_splits: int = 5, seed: int = 0, C: float = 1.0,
         warnings.simplefilter("ignore", ConvergenceWarning)
         scores = cross_val_score(model, X, y, cv=cv)
     return float(scores.mean()), float(scores.std())
-
-
-def retrieval_scores(queries, documents, *, center: bool = True) -> tuple[float, float]:
-    """recall@1 and mean reciprocal rank of retrieving document i for query i by cosine similarity.
-
-    queries, documents: [N, D], row i of each is a matching pair. ``center`` subtracts each set's mean
-    first (mean-pooled transformer states share a large common direction that otherwise dominates
-    cosine similarity). Ties are ranked pessimistically (a tie with the true document counts against).
-    """
-    Q, Dc = np.asarray(queries), np.asarray(documents)
-    if Q.ndim != 2 or Q.shape != Dc.shape or Q.shape[0] < 2:
-        raise WorkbenchError(f"retrieval needs two [N >= 2, D] arrays of matching pairs; got {Q.shape}, {Dc.shape}.")
-    S = l2_normalize(Q, center_first=center) @ l2_normalize(Dc, center_first=center).T
-    true = np.diag(S)
-    rank = (S >= true[:, None]).sum(axis=1)  # counts the true document itself, so rank >= 1
-    return float(np.mean(rank == 1)), float(np.mean(1.0 / rank))
 
 
 def metric_correlations(table: pd.DataFrame, target: str, metrics: list[str]) -> dict[str, float]:

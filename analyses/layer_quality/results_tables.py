@@ -60,3 +60,65 @@ TABLES = (ReadmeTable(
           "minilm-l6": f"{_BASE} --model minilm-l6",
           "smollm2-135m-position-0-left-out": f"{_BASE} --model smollm2-135m --set skip_first=true"},
     render=render_layer_quality, minutes=45),)
+
+
+# ---- WhiteningBERT's claims on minilm-l6: whitening, and the first + last layer combination -----------------
+_WB = "workbench run layer_quality --model minilm-l6 --data abstracts --set aug_texts=0 --set transform=whiten"
+_SCORES = (("probe_accuracy", "probe acc."), ("retrieval_recall_at_1", "R@1"), ("retrieval_mrr", "MRR"))
+
+
+def _last(res) -> dict:
+    t = res.table
+    return t[t["layer"] == t["layer"].max()].iloc[0].to_dict()
+
+
+def _claim(name: str, a: float, b: float, what: str) -> str:
+    return f"{name}{' ' + what if what else ''}: {fmt(a)} → {fmt(b)} ({'yes' if b > a else 'no'}, {b - a:+.3f})"
+
+
+def render_whitening(results) -> str:
+    mean, fl = _last(results["mean-pooled"]), _last(results["first-last"])
+    rows = []
+    for label, row in (("last layer, mean of tokens", mean), ("first + last layer averaged, mean of tokens", fl)):
+        for transform, suffix in (("none", ""), ("whiten", "_transformed")):
+            cells = [fmt(row[f"{c}{suffix}"]) for c, _ in _SCORES]
+            cells[0] += f" ± {fmt(row[f'probe_accuracy_std{suffix}'])}"
+            rows.append([label, transform] + cells)
+    k_job = results.get("mean-pooled-whiten-k")
+    if k_job is not None:
+        row, k = _last(k_job), k_job.summary["transform"]["per_layer"][-1].get("k")
+        cells = [fmt(row[f"{c}_transformed"]) for c, _ in _SCORES]
+        cells[0] += f" ± {fmt(row['probe_accuracy_std_transformed'])}"
+        rows.insert(2, ["last layer, mean of tokens", f"whiten_k (k = {k})"] + cells)
+    s = results["mean-pooled"].summary
+    fit = s["transform"]["per_layer"]
+    dropped = max((d.get("null_directions_dropped", 0) for d in fit), default=0)
+    n_fit = {d.get("set"): d["n_fit"] for d in fit}
+    verdicts = [
+        "- **Whitening improves retrieval and the probe (Su et al. 2021; Huang et al. 2021)**, last layer: "
+        + "; ".join(_claim(n, mean[c], mean[f"{c}_transformed"], "") for c, n in _SCORES) + ".",
+        "- **First + last layer averaged beats the last layer alone (WhiteningBERT)**, without whitening: "
+        + "; ".join(_claim(n, mean[c], fl[c], "") for c, n in _SCORES) + "; whitened: "
+        + "; ".join(_claim(n, mean[f"{c}_transformed"], fl[f"{c}_transformed"], "") for c, n in _SCORES) + "."]
+    if k_job is not None:
+        kr = _last(k_job)
+        verdicts.append(
+            f"- **Whitening only the top {k} directions** (whiten_k), last layer: "
+            + "; ".join(_claim(n, kr[c], kr[f"{c}_transformed"], "") for c, n in _SCORES)
+            + f". Full whitening is fit on {n_fit.get('retrieval')} retrieval vectors and {n_fit.get('probe')} probe "
+            f"vectors in {fit[0]['dim']} dimensions (up to {dropped} null directions of the "
+            "LayerNorm outputs dropped): with so few points per dimension it equalises the noisiest directions too.")
+    probe, retr = s.get("probe", {}), s.get("retrieval", {})
+    return "\n".join([
+        f"`minilm-l6` mean-pooled states; probe: {probe.get('n_texts')} `{probe.get('dataset')}` utterances, "
+        f"{probe.get('n_labels')} topics, {probe.get('folds')}-fold; retrieval: {retr.get('n_pairs')} titles → "
+        "abstracts. Whitening x~ = (x − μ) U Λ^(−1/2), fit on the vectors it is applied to (all probe texts; queries "
+        "and documents together); first + last = the token states of layer 1 and the last layer averaged before "
+        "pooling.", "", md_table(["pooling", "transform"] + [n for _, n in _SCORES], rows), "", *verdicts])
+
+
+TABLES = TABLES + (ReadmeTable(
+    name="whitening", title="Whitening and the first + last layer combination (minilm-l6)",
+    jobs={"mean-pooled": _WB, "first-last": f"{_WB} --set pooling=first_last",
+          "mean-pooled-whiten-k": _WB.replace("transform=whiten", "transform=whiten_k")},
+    render=render_whitening, minutes=9),)

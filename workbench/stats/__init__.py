@@ -19,7 +19,12 @@ Modules (methods in docs/methods.md, "Anisotropy and intrinsic dimension"):
 - :mod:`.neighbors`: exact blocked kNN distances;
 - :mod:`.anisotropy`: SVD (LLM-Microscope) and cosine (Ethayarajh) anisotropy;
 - :mod:`.intrinsic_dim`: TwoNN (scikit-dimension and LLM-Microscope conventions, one skeleton), MLE;
-- :mod:`.linear_dim`: PCA dimension, participation ratio.
+- :mod:`.linear_dim`: PCA dimension, participation ratio;
+- :mod:`.outliers`: outlier dimensions of a layer and their dependence on position;
+- :mod:`.transforms`: clip / remove outliers, whitening, removing top PCs, fit on one set, applied to another;
+- :mod:`.similarity`: linear CKA (and debiased), orthogonal Procrustes, LLM-Microscope's linear fit and
+  linearity score, and every pair of layers at once (methods in docs/methods.md, "Outliers, whitening
+  and layer similarity").
 """
 
 from .checks import Details, bootstrap_ci, check_array, normal_ci, percentile_ci, subsample_rows, unique_rows
@@ -48,6 +53,17 @@ from .intrinsic_dim import (
     twonn_ratios,
 )
 from .linear_dim import participation_ratio, participation_ratio_details, pca_dimension, pca_dimension_details
+from .outliers import DimensionStats, dimension_stats, outlier_dimensions
+from .transforms import TRANSFORMS, TransformFit, apply_transform, fit_transform
+from .similarity import (
+    consecutive_linearity,
+    feature_bank,
+    linear_cka,
+    linear_fit_similarity,
+    linearity_score,
+    procrustes_similarity,
+    similarity_matrices,
+)
 
 __all__ = [
     "Details", "check_array", "unique_rows", "subsample_rows", "percentile_ci", "normal_ci", "bootstrap_ci",
@@ -58,4 +74,7 @@ __all__ = [
     "twonn", "twonn_details", "twonn_from_mu", "twonn_fit", "twonn_ratios",
     "twonn_microscope", "twonn_microscope_details", "mle", "mle_details",
     "pca_dimension", "pca_dimension_details", "participation_ratio", "participation_ratio_details",
+    "DimensionStats", "dimension_stats", "outlier_dimensions", "TRANSFORMS", "TransformFit", "fit_transform",
+    "apply_transform", "linear_cka", "procrustes_similarity", "linear_fit_similarity", "linearity_score",
+    "similarity_matrices", "consecutive_linearity", "feature_bank",
 ]
