@@ -122,7 +122,11 @@ def served_app():
         pytest.fail("the app did not start: " + proc.stdout.read().decode()[-2000:])
     yield url, port
     proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:  # a loaded machine: a server slow to stop is not a test failure
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 
