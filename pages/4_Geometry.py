@@ -13,8 +13,8 @@ st.caption(
     "Anisotropy: **svd** = σ₁²/Σσᵢ² of the centred representations (Razzhigaev et al., LLM-Microscope); "
     "**cosine** = mean cosine of random pairs, uncentred (Ethayarajh 2019). Intrinsic dimension: **twonn** "
     "(Facco 2017, as scikit-dimension), **twonn_microscope** (LLM-Microscope's fit on the smallest 20% of "
-    "ratios), **mle_mg** / **mle_mean** (Levina–Bickel, MacKay–Ghahramani or plain averaging), **pca_90** "
-    "and **participation_ratio** (linear). Exact duplicate points are removed and counted. "
+    "ratios), **mle_mg** / **mle_mean** (Levina–Bickel, MacKay–Ghahramani or plain averaging), **pca** "
+    "(components for 90% of the variance, the share set under More options) and **participation_ratio** (linear). Exact duplicate points are removed and counted. "
     "Layer 0 = embeddings; the x axis is depth = layer / n_layers."
 )
 choice = ui.sidebar(model_kinds=("decoder", "encoder"), allow_vectors=True)
@@ -23,18 +23,19 @@ on_vectors = choice.get("vectors") is not None
 tab_curves, tab_map = st.tabs(["Per-layer curves", "2-D map"])
 
 with tab_curves:
+    # the full width: every chosen estimator stays visible
+    est = st.multiselect("Estimators", list(ESTIMATORS),
+                         default=get_analysis("geometry").params["estimators"].default.split(","), key="geo_est")
     c = st.columns(4)
-    est = c[0].multiselect("Estimators", list(ESTIMATORS),
-                           default=get_analysis("geometry").params["estimators"].default.split(","), key="geo_est")
     c2 = st.columns(4)
     with st.expander("More options"):
         c3, c4 = st.columns(4), st.columns(4)
     with st.expander("Representation transform (shown beside the untransformed result)"):
         c5, c6 = st.columns(4), st.columns(4)
     params = ui.param_widgets("geometry", {
-        "representation": dict(container=c[1], label="Representation", key="geo_rep"),
-        "skip_first": dict(container=c[2], label="Exclude first position (BOS / [CLS])", key="geo_excl"),
-        "max_texts": dict(container=c[3], label="Texts (first N, 0 = all)", key="geo_texts"),
+        "representation": dict(container=c[0], label="Representation", key="geo_rep"),
+        "skip_first": dict(container=c[1], label="Exclude first position (BOS / [CLS])", key="geo_excl"),
+        "max_texts": dict(container=c[2], label="Texts (first N, 0 = all)", key="geo_texts"),
         "max_points": dict(container=c2[0], label="kNN points (seeded subsample)", key="geo_pts", step=500),
         "n_boot": dict(container=c2[1], label="Bootstrap resamples", key="geo_boot"),
         "mle_k": dict(container=c2[2], label="MLE k", key="geo_k"),
@@ -69,7 +70,8 @@ with tab_map:
         "max_points": dict(container=c2[0], label="Points shown (seeded subsample above)", key="proj_max", step=500),
         "skip_first": dict(container=c2[1], label="Exclude first position", key="proj_excl"),
         "max_texts": dict(container=c2[2], label="Texts (first N, 0 = all)", key="proj_texts"),
-        "umap_n_neighbors": dict(container=c2[3], label="UMAP neighbours", key="proj_nn"),
+        "umap_n_neighbors": dict(container=c2[3], label="UMAP neighbours", key="proj_nn",
+                                 disabled=st.session_state.get("proj_method", "pca") != "umap"),
         "transform": dict(label="Transform (its map beside the untransformed one)", key="proj_tr"),
     })
     pparams.update({"color": pparams["color"].strip(), "max_length": params["max_length"], "seed": params["seed"]})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -107,6 +108,8 @@ def run_projection(ctx):
     if lt.active:
         after = _projected(lt(layer or 0, X), sub, shown, p, ctx.seed, summary, "explained_variance_ratio_transformed")
         table = with_transformed(table, after, lt.name)
+    if ctx.vectors is None and rep == "token" and not skip:
+        _note_first_position(ctx, X, meta["position"].to_numpy(), summary)
     color = str(p["color"]) or default_color
     if color not in table.columns:
         raise WorkbenchError(f"Cannot colour by {color!r}; columns are {[c for c in table.columns if c not in ('x', 'y', 'hover', 'transform')]}.")
@@ -116,6 +119,21 @@ def run_projection(ctx):
     return table, summary
 
 
+def _note_first_position(ctx, X: np.ndarray, position: np.ndarray, summary: dict) -> None:
+    """Decoders put a massive activation on position 0 (norm ~100x the others in SmolLM2): those points
+    sit far out on PC1 and squeeze the rest of the map. Say so, with the fix, when it is the case."""
+    first = position == 0
+    if not first.any() or first.all():
+        return
+    norms = np.linalg.norm(X, axis=1)
+    ratio = float(np.median(norms[first]) / max(np.median(norms[~first]), 1e-12))
+    summary["first_position_norm_ratio"] = round(ratio, 2)
+    if ratio > 5:
+        ctx.warn(f"The {int(first.sum())} first-position points have a median norm {ratio:.0f}x the other "
+                 "tokens' (the position-0 'massive activation' of decoders): they lie far out on the map and "
+                 "squeeze the rest. Exclude the first position (skip_first=true) to see the other tokens.")
+
+
 def _projected(X: np.ndarray, sub, shown: pd.DataFrame, p: dict, seed: int, summary: dict, ratio_key: str):
     """x, y of the shown rows (PCA fit on every row, or UMAP of the shown rows) beside their metadata."""
     if p["method"] == "pca":
@@ -123,6 +141,11 @@ def _projected(X: np.ndarray, sub, shown: pd.DataFrame, p: dict, seed: int, summ
     else:
         Y = _umap_2d(X if sub is None else X[sub], p, seed)
     return pd.concat([pd.DataFrame({"x": Y[:, 0], "y": Y[:, 1]}), shown], axis=1)
+
+
+#: categories shown in their own colour (the rest are "other", in grey): Alphabet's 26 distinct colours
+PALETTE = plotly.colors.qualitative.Alphabet
+CATEGORY_COLOURS = 24
 
 
 def _projection_traces(t: pd.DataFrame, color: str, show_legend: bool) -> list:
@@ -135,14 +158,17 @@ def _projection_traces(t: pd.DataFrame, color: str, show_legend: bool) -> list:
             marker=dict(size=4, color=None if col is None else col, colorscale="Viridis",
                         showscale=col is not None and show_legend, colorbar=dict(title=color), opacity=0.75))]
     cats = col.astype(str)
-    top = cats.value_counts().index[:20]
+    top = cats.value_counts().index[:CATEGORY_COLOURS]
     cats = cats.where(cats.isin(top), "other")
     traces = []
-    for c in list(top) + (["other"] if (cats == "other").any() else []):
+    for k, c in enumerate(list(top) + (["other"] if (cats == "other").any() else [])):
         m = (cats == c).to_numpy()
+        # one distinct colour per shown category (plotly's default cycle has 10, so "," and "(" matched)
+        colour = "#c8c8c8" if c == "other" else PALETTE[k]
         traces.append(go.Scattergl(x=t["x"][m], y=t["y"][m], mode="markers", name=_short(c, 30), legendgroup=str(c),
                                    showlegend=show_legend, text=None if hover is None else hover[m],
-                                   hovertemplate="%{text}<extra></extra>", marker=dict(size=4, opacity=0.75)))
+                                   hovertemplate="%{text}<extra></extra>",
+                                   marker=dict(size=4, opacity=0.75, color=colour)))
     return traces
 
 
