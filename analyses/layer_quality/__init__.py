@@ -143,6 +143,10 @@ def run(ctx: RunContext):
     max_length = int(p["max_length"])
     metric_params = {**p, "seed": ctx.seed}
     timings: dict = {}
+    n_aug_prompts, A = min(int(p["aug_texts"]), len(ds)), int(p["n_augmentations"])
+    probe_ds, retr = _probe_dataset(ctx, data), _retrieval_datasets(p)
+    ctx.plan(_phases(len(ds), max_length, n_aug_prompts * A if n_aug_prompts >= 2 else 0, probe_ds, retr, L))
+    ctx.phase("extract the texts")
     t0 = time.perf_counter()
     entry = ctx.activations(hooks, max_length=max_length, dataset=ds)
     timings["extract_prompts"] = time.perf_counter() - t0
@@ -151,8 +155,8 @@ def run(ctx: RunContext):
 
     # ---- augmented copies: a second dataset, one extraction
     aug_entry, aug_info = None, {"used": False}
-    n_aug_prompts, A = min(int(p["aug_texts"]), len(ds)), int(p["n_augmentations"])
     if n_aug_prompts >= 2:
+        ctx.phase("extract the augmented copies")
         settings = AugmentSettings(word_p=float(p["aug_word_p"]), char_p=float(p["aug_char_p"]),
                                    max_words_per_text=int(p["aug_max_words"]) or None)
         copies = augment_texts(ds.texts[:n_aug_prompts], A, seed=ctx.seed, settings=settings)
@@ -167,21 +171,22 @@ def run(ctx: RunContext):
                                   "augmented": copies[0][:2]}]}
 
     # ---- probe and retrieval sets
-    probe_ds = _probe_dataset(ctx, data)
     probe_entry = probe_labels = None
     if probe_ds is not None:
+        ctx.phase("extract the probe set")
         t0 = time.perf_counter()
         probe_entry = ctx.activations(hooks, max_length=max_length, dataset=probe_ds)
         timings["extract_probe"] = time.perf_counter() - t0
         probe_labels = np.asarray([str(x) for x in probe_ds.labels])
-    retr = _retrieval_datasets(p)
     retr_entries = None
     if retr is not None:
+        ctx.phase("extract the retrieval set")
         t0 = time.perf_counter()
         retr_entries = tuple(ctx.activations(hooks, max_length=max_length, dataset=d) for d in retr)
         timings["extract_retrieval"] = time.perf_counter() - t0
 
     # ---- per layer
+    ctx.phase("metrics per layer")
     rows = []
     for layer, hook in enumerate(hooks):
         ctx.progress(layer, L, f"layer {layer}/{L - 1}: metrics")
@@ -228,6 +233,21 @@ def _downstream(layer: int, hook: str, probe_set: tuple, retr_entries, lt, first
         retrieval = (Q, D)
     row.update(transformed_downstream(lt, layer, probe, retrieval, p, seed, timings))
     return row
+
+
+def _phases(n_texts: int, max_length: int, n_augmented: int, probe_ds, retr, n_layers: int) -> list:
+    """The run's phases weighed by rough token counts (a phase whose texts are cached goes by at once):
+    abstracts fill ``max_length``; augmented copies are capped at ``aug_max_words`` words (~32 tokens),
+    probe utterances ~16 tokens, titles ~16; the metrics cost about a tenth of a token per layer."""
+    phases = [("extract the texts", n_texts * max_length)]
+    if n_augmented:
+        phases.append(("extract the augmented copies", n_augmented * 32))
+    if probe_ds is not None:
+        phases.append(("extract the probe set", len(probe_ds) * 16))
+    if retr is not None:
+        phases.append(("extract the retrieval set", len(retr[0]) * 16 + len(retr[1]) * max_length))
+    phases.append(("metrics per layer", max(1.0, 0.1 * n_layers * n_texts * max_length / 30)))
+    return phases
 
 
 def _probe_dataset(ctx: RunContext, data: TextDataset) -> TextDataset | None:
