@@ -21,11 +21,11 @@ on_vectors = choice.get("vectors") is not None
 
 c = st.columns(4)
 with st.expander("Augmentations, downstream data and reference options"):
-    c2, c3, c4 = st.columns(4), st.columns(4), st.columns(4)
+    c2, c3, c4, c7 = st.columns(4), st.columns(4), st.columns(4), st.columns(4)
 with st.expander("WhiteningBERT: layer combination and representation transform (probe and retrieval beside the "
                  "untransformed scores)"):
     c5, c6 = st.columns(4), st.columns(4)
-params = ui.param_widgets("layer_quality", {
+params = ui.param_widgets("layer_quality", ui.size_preset("layer_quality", "lq_size", {
     "max_texts": dict(container=c[0], label="Prompts (first N)", key="lq_texts", disabled=on_vectors),
     "max_length": dict(container=c[1], label="Tokens per text", key="lq_len", disabled=on_vectors),
     "alpha": dict(container=c[2], label="Rényi α", key="lq_alpha", step=0.5),
@@ -38,6 +38,7 @@ params = ui.param_widgets("layer_quality", {
     "probe_folds": dict(container=c3[1], label="Probe folds", key="lq_folds"),
     "retrieval_data": dict(container=c3[2], label="Retrieval data", key="lq_retr"),
     "retrieval_pairs": dict(container=c3[3], label="Retrieval pairs", key="lq_pairs"),
+    "probe_max_texts": dict(container=c7[0], label="Probe texts (first N, 0 = all)", key="lq_probe_n"),
     "curvature": dict(container=c4[0], label="Curvature", key="lq_curv"),
     "clamp": dict(container=c4[1], label="Clamp Gram entries at 0 (reference quirk)", key="lq_clamp"),
     "skip_first": dict(container=c4[2], label="Leave out position 0 (BOS / sink)", key="lq_skip"),
@@ -45,7 +46,8 @@ params = ui.param_widgets("layer_quality", {
     "combine_layer": dict(container=c5[0], label="first_last: layer averaged in", key="lq_combine"),
     **transform_widgets("lq", list(c5[1:]) + list(c6)),
     "seed": dict(label="Seed", key="lq_seed"),
-})
+}, quick={"max_texts": 40, "max_length": 64, "aug_texts": 8, "n_augmentations": 4, "probe_max_texts": 320,
+          "retrieval_pairs": 60}))
 
 others, mode = ([], "single") if on_vectors else compare.page_controls("lq", choice.get("model"))
 run_result = ui.run("layer_quality", params, choice, overlay=others)

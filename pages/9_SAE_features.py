@@ -27,9 +27,10 @@ st.caption(
     "feature's top texts), not LLM labels.")
 choice = ui.sidebar(model_kinds=("encoder", "decoder"), page="sae", default_model="minilm-l6")
 
+size_box = st.container()
 with st.expander("SAE settings (training runs once; later runs find the SAE in the cache)", expanded=False):
     c1, c2, c3 = st.columns(4), st.columns(4), st.columns(4)
-    params = ui.param_widgets("sae_features", {
+    params = ui.param_widgets("sae_features", ui.size_preset("sae_features", "sae_size", {
         "target": dict(container=c1[0], label="Target (auto, sentence, layer:L)", key="sae_target"),
         "k": dict(container=c1[1], label="k (active latents)", key="sae_k"),
         "d_sae": dict(container=c1[2], label="Dictionary size (0 = 2 × d_model)", key="sae_d"),
@@ -43,7 +44,7 @@ with st.expander("SAE settings (training runs once; later runs find the SAE in t
         "heldout_fraction": dict(container=c3[2], label="Held-out share", key="sae_held", step=0.05),
         "skip_first": dict(container=c3[3], label="Leave out position 0", key="sae_skip"),
         "seed": dict(label="Seed", key="sae_seed"),
-    })
+    }, quick={"steps": 500}, container=size_box))
 
 status = None
 if choice.get("model"):

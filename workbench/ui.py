@@ -219,11 +219,15 @@ def param_widget(analysis: str, name: str, container=st, *, key: str, label: str
     value = param.default if default is _DECLARED else param.coerce(default)
     label = label or name
     widget_kwargs.setdefault("help", param.help or None)
+    # a value already in the session (kept from an earlier run, or set by a preset switch) is the widget's
+    # value: passing a default beside it would only make Streamlit warn about the two
+    held = key in st.session_state
     if options is not None or param.choices:
         options = [param.coerce(o) for o in options] if options is not None else list(param.choices)
-        return container.selectbox(label, options, index=options.index(value), key=key, **widget_kwargs)
+        index = {} if held else {"index": options.index(value)}
+        return container.selectbox(label, options, key=key, **index, **widget_kwargs)
     if param.type is bool:
-        return container.checkbox(label, bool(value), key=key, **widget_kwargs)
+        return container.checkbox(label, **({} if held else {"value": bool(value)}), key=key, **widget_kwargs)
     if param.type in (int, float):
         low, high = _widget_bounds(param)
         # a page may narrow the declared range (e.g. a bound that depends on another widget), never widen it
@@ -236,11 +240,39 @@ def param_widget(analysis: str, name: str, container=st, *, key: str, label: str
         value = None if value is None else cast(value)
         if "step" in widget_kwargs:
             widget_kwargs["step"] = cast(widget_kwargs["step"])
+        start = {} if held else {"value": value}
         if slider:
-            return container.slider(label, low, high, value, key=key, **widget_kwargs)
-        return container.number_input(label, low, high, value, key=key, **widget_kwargs)
-    text = container.text_input(label, "" if value is None else str(value), key=key, **widget_kwargs)
+            return container.slider(label, low, high, key=key, **start, **widget_kwargs)
+        return container.number_input(label, low, high, key=key, **start, **widget_kwargs)
+    start = {} if held else {"value": "" if value is None else str(value)}
+    text = container.text_input(label, key=key, **start, **widget_kwargs)
     return None if param.nullable and not text.strip() else text
+
+
+QUICK_LOOK, PAPER_SIZE = "Quick look (a first figure in about a minute)", "Paper size (the analysis' defaults)"
+
+
+def size_preset(analysis: str, key: str, widgets: dict[str, dict], quick: dict[str, Any],
+                container=st) -> dict[str, dict]:
+    """A switch between a quick first look (``quick``: {parameter: value}) and the analysis' declared,
+    paper-size defaults, one click apart. Returns ``widgets`` (the :func:`param_widgets` spec) with the
+    quick values as their starting defaults; switching sets those widgets' values (other widgets keep
+    theirs). The command under the figure always states every value used."""
+    from .analysis import get_analysis
+
+    declared = get_analysis(analysis).all_params
+
+    def switch() -> None:
+        paper = st.session_state[key] == PAPER_SIZE
+        for name, value in quick.items():
+            st.session_state[widgets[name]["key"]] = declared[name].default if paper else value
+
+    container.radio("Size of the run", [QUICK_LOOK, PAPER_SIZE], key=key, horizontal=True, on_change=switch,
+             help="Quick look: fewer texts and augmentations, so the first figure comes fast. Paper size: the "
+                  "settings the README's results use.")
+    for name, value in quick.items():
+        widgets[name].setdefault("default", value)
+    return widgets
 
 
 def param_widgets(analysis: str, widgets: dict[str, dict]) -> dict:
