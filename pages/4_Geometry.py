@@ -32,7 +32,7 @@ with tab_curves:
         c3, c4 = st.columns(4), st.columns(4)
     with st.expander("Representation transform (shown beside the untransformed result)"):
         c5, c6 = st.columns(4), st.columns(4)
-    params = ui.param_widgets("geometry", {
+    params = ui.param_widgets("geometry", ui.size_preset("geometry", "geo_size", {
         "representation": dict(container=c[0], label="Representation", key="geo_rep"),
         "skip_first": dict(container=c[1], label="Exclude first position (BOS / [CLS])", key="geo_excl"),
         "max_texts": dict(container=c[2], label="Texts (first N, 0 = all)", key="geo_texts"),
@@ -48,7 +48,7 @@ with tab_curves:
         "n_boot_spectrum": dict(container=c4[1], label="SVD bootstrap resamples", key="geo_bootspec"),
         "max_points_spectrum": dict(container=c4[2], label="SVD/PCA points (0 = all)", key="geo_specpts"),
         **transform_widgets("geo", list(c5) + list(c6)),
-    })
+    }, quick={"max_texts": 32, "max_points": 2000, "n_boot": 10}))
     params["estimators"] = ",".join(est) or "svd"
     others, mode = ([], "single") if on_vectors else compare.page_controls("geo", choice.get("model"))
     result = ui.run("geometry", params, choice, overlay=others)

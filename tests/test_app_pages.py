@@ -97,3 +97,20 @@ def test_cache_page_asks_before_clearing(tmp_path, monkeypatch, tiny_llama_dir):
     at.button(key="cache_clear").click().run()
     at.button(key="cache_clear_yes").click().run()
     assert ActivationStore().entries() == []
+
+
+def test_quick_look_and_paper_size_are_one_click_apart():
+    from workbench.analysis import get_analysis
+    from workbench.ui import PAPER_SIZE, QUICK_LOOK
+
+    declared = get_analysis("layer_quality").all_params
+    at = AppTest.from_file(str(ROOT / "pages" / "5_Layer_quality.py"), default_timeout=120).run()
+    assert not at.exception and not at.warning, [w.value for w in at.warning]
+    assert at.number_input(key="lq_texts").value == 40  # the quick look starts small
+    at.radio(key="lq_size").set_value(PAPER_SIZE).run()
+    assert not at.exception and not at.warning, [w.value for w in at.warning]
+    assert at.number_input(key="lq_texts").value == declared["max_texts"].default
+    assert at.number_input(key="lq_aug").value == declared["aug_texts"].default
+    at.radio(key="lq_size").set_value(QUICK_LOOK).run()
+    assert at.number_input(key="lq_texts").value == 40
+
