@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.metadata
 import io
 import json
+import os
 import platform
 import shlex
 import shutil
@@ -182,7 +183,45 @@ def chromium_path() -> str | None:
 STATIC_EXPORT_TIMEOUT = 180
 
 
+#: rendered static images kept (by content) under cache_dir()/figures; the oldest go beyond this
+FIGURE_CACHE_FILES = 256
+
+
 def figure_images(fig, formats=("png", "svg"), scale: float = 2.0) -> dict[str, bytes]:
+    """Static images of one figure, by content: a figure rendered before (same JSON, format, scale,
+    kaleido version) is read from ``cache_dir()/figures`` instead of starting a browser (about 2 s of
+    a cached run); otherwise :func:`render_images`."""
+    import hashlib
+
+    from .paths import cache_dir
+
+    folder = cache_dir() / "figures"
+    renderer = [_version("kaleido"), _version("plotly"), chromium_path()]
+    digest = hashlib.sha256(json.dumps([fig.to_json(), sorted(formats), scale, renderer]).encode()).hexdigest()
+    paths = {fmt: folder / f"{digest[:32]}.{fmt}" for fmt in formats}
+    if all(p.is_file() for p in paths.values()):
+        return {fmt: p.read_bytes() for fmt, p in paths.items()}
+    images = render_images(fig, formats, scale)
+    folder.mkdir(parents=True, exist_ok=True)
+    for fmt, data in images.items():
+        tmp = paths[fmt].with_name(f".{paths[fmt].name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, paths[fmt])
+    kept = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")),
+                  key=lambda p: p.stat().st_mtime)
+    for stale in kept[:-FIGURE_CACHE_FILES]:
+        stale.unlink(missing_ok=True)
+    return images
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def render_images(fig, formats=("png", "svg"), scale: float = 2.0) -> dict[str, bytes]:
     """Static images of one figure through kaleido, one Chromium for every format.
 
     The browser keeps its profile, config and cache under ``cache_dir()/browser`` (not the user's
