@@ -8,7 +8,9 @@ each run in a fresh process against an empty activation cache:
   engine="ray", workers=2)``; each worker task loads the model itself and runs 1 torch thread, the
   driver verifies every shard's checksum and commits.
 
-Both entries must be equal array for array (checked here too). Target: ray throughput / local >= 0.9x
+Both entries must hold the same tokens and, layer for layer, the same values up to float32 rounding: the
+two sides run different thread counts, and a matmul split over 2 threads sums in another order than on
+1 (bitwise equality at equal thread counts is what tests/test_ray.py checks). Target: ray throughput / local >= 0.9x
 (the engine costs little). The second ratio includes the cluster's start, a once-per-session cost.
 
 The scaling model printed at the end: with W workers, T(W) = T_serial + T_parallel / W, where
@@ -109,7 +111,9 @@ def main() -> None:
         local = _run("local", args.texts, Path(tmp))
         ray = _run("ray", args.texts, Path(tmp))
         meta = json.loads((Path(ray["path"]) / "meta.json").read_text())
-    equal = local["digest"] == ray["digest"] and local["tokens"] == ray["tokens"]
+    rel = max(abs(a - b) / max(abs(a), 1e-30) for hook in local["digest"]
+              for a, b in zip(local["digest"][hook], ray["digest"][hook]))
+    equal = local["tokens"] == ray["tokens"] and set(local["digest"]) == set(ray["digest"]) and rel < 1e-5
     n = local["n_tokens"]
     phases = meta.get("timings", {})
     ratio = local["extract_s"] / ray["extract_s"]
@@ -123,7 +127,8 @@ def main() -> None:
     print(f"{'  throughput ratio ray / local':62s} {ratio:11.2f}x {'>= 0.9x':>9s}")
     print(f"{'ray cluster start (once per session)':62s} {ray['cluster_start_s']:10.1f} s")
     print(f"{'  ratio including the cluster start':62s} {ratio_all:11.2f}x")
-    print(f"{'entries equal array for array (sums and squares of every layer)':62s} {str(equal):>12s}")
+    print(f"{'same tokens; every layer sum and sum of squares within float32 rounding':62s} {str(equal):>12s} "
+          f"(max relative difference {rel:.1e})")
     tasks = phases.get("tasks_s", ray["extract_s"])
     serial = ray["extract_s"] - tasks  # the driver alone: its model card and key, checksums, merge, commit
     parallel = tasks * phases.get("workers", 2)  # worker-seconds (loads + forward passes), balanced slices
