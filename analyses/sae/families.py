@@ -31,8 +31,6 @@ the features are ordered family by family, compared with the same blocks after a
 from __future__ import annotations
 
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import minimum_spanning_tree
 
 
 def normalized_cooccurrence(cooc: np.ndarray, ids: np.ndarray, threshold: float) -> np.ndarray:
@@ -47,6 +45,9 @@ def normalized_cooccurrence(cooc: np.ndarray, ids: np.ndarray, threshold: float)
 
 def directed_forest(weights: np.ndarray, density: np.ndarray) -> dict[int, list[int]]:
     """Children of each node (local indices) in the maximum spanning forest, edges denser -> sparser."""
+    from scipy.sparse import csr_matrix  # imported here: discovery imports every back-end on each run
+    from scipy.sparse.csgraph import minimum_spanning_tree
+
     tree = minimum_spanning_tree(csr_matrix(-np.triu(np.maximum(weights, weights.T)))).tocoo()
     children: dict[int, list[int]] = {i: [] for i in range(len(weights))}
     for u, v in zip(tree.row, tree.col):
