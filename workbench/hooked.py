@@ -9,13 +9,16 @@ Interventions work on any decoder-only TransformerBridge (``LoadedModel.bridge``
 hook name: :func:`run_batched` / :func:`forward_logits_at` (right-padded batches with forward hooks),
 :func:`collect` (clean activations of prompts the store does not hold), :func:`per_position_mean`,
 and the hooks :func:`mean_ablation_hook` and :func:`patch_hook` that replace one head of a per-head
-hook such as ``blocks.{l}.attn.hook_z``. :func:`repeated_random_tokens` and
+hook such as ``blocks.{l}.attn.hook_z``. Activation patching is :func:`patch_sweep` (a :class:`Patch`
+per replaced activation, sources from :func:`collect_and_score`), attribution patching's gradients
+:func:`activation_gradients`. :func:`repeated_random_tokens` and
 :func:`repeat_scores_table` are the standard attention-pattern diagnostics (previous-token,
 induction, duplicate-token, current-token) on ``[BOS] r r`` sequences.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -155,29 +158,47 @@ def forward_logits_at(bridge, seqs: list[list[int]], positions: list[list[int]],
     return out
 
 
-@torch.no_grad()
+def _padded(value: torch.Tensor, lengths: torch.Tensor, t_max: int) -> torch.Tensor:
+    """A token-major batch ``[B, T, ...]`` padded to ``T_max`` positions, zero past each prompt's length."""
+    value = torch.nn.functional.pad(value, [0, 0] * (value.dim() - 2) + [0, t_max - value.shape[1]])
+    mask = torch.arange(t_max)[None, :] < lengths[:, None]  # [B, T_max]
+    return value * mask.reshape(mask.shape + (1,) * (value.dim() - 2)).to(value.dtype)
+
+
+def _token_major(names: Iterable[str]) -> list[str]:
+    names = list(dict.fromkeys(names))
+    if any(n.endswith("hook_pattern") for n in names):
+        raise WorkbenchError("collect() takes token-major hooks; read attention patterns from the store.")
+    return names
+
+
 def collect(bridge, seqs: list[list[int]], names: Iterable[str], batch_size: int = 32,
             pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Activations of token-major hooks (``[B, T, ...]``: residuals, ``attn.hook_z``, ...) for prompts
     the store does not hold: ``{name: float32 [N, T_max, ...]}`` on the CPU, zero at positions past
     each prompt's length. (Attention patterns are ``[B, H, T, T]``: read them from the store.)"""
-    names = list(dict.fromkeys(names))
-    if any(n.endswith("hook_pattern") for n in names):
-        raise WorkbenchError("collect() takes token-major hooks; read attention patterns from the store.")
-    wanted = set(names)
-    t_max = max(len(s) for s in seqs) if seqs else 0
+    return collect_and_score(bridge, seqs, names, None, batch_size, pad_id)[0]
+
+
+def collect_and_score(bridge, seqs: list[list[int]], names: Iterable[str], metric: "Metric | None",
+                      batch_size: int = 32, pad_id: int = 0) -> tuple[dict[str, torch.Tensor], np.ndarray | None]:
+    """:func:`collect`, and ``metric`` of each prompt from the same forward (float64 ``[N]``; None
+    without a metric): the clean run of activation and attribution patching."""
+    names = _token_major(names)
+    check_hook_names(bridge, names)
+    wanted, t_max, device = set(names), max(len(s) for s in seqs) if seqs else 0, _input_device(bridge)
     chunks: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    device = _input_device(bridge)
+    scores: list[float] = []
     for rows in batches(len(seqs), batch_size):
         ids, lengths = pad_right(seqs[rows], pad_id)
-        _, cache = bridge.run_with_cache(ids.to(device), names_filter=lambda n: n in wanted)
-        mask = torch.arange(t_max)[None, :] < lengths[:, None]  # [B, T_max]
+        with torch.no_grad():
+            logits, cache = bridge.run_with_cache(ids.to(device), names_filter=lambda n: n in wanted)
+            if metric is not None:
+                scores += metric(logits, list(range(rows.start, rows.stop))).tolist()
         for n in names:
-            value = cache[n].float().cpu()
-            pad = [0, 0] * (value.dim() - 2) + [0, t_max - value.shape[1]]
-            value = torch.nn.functional.pad(value, pad)
-            chunks[n].append(value * mask.reshape(mask.shape + (1,) * (value.dim() - 2)).to(value.dtype))
-    return {n: torch.cat(v) for n, v in chunks.items()}
+            chunks[n].append(_padded(cache[n].float().cpu(), lengths, t_max))
+    acts = {n: torch.cat(v) for n, v in chunks.items()}
+    return acts, (np.asarray(scores, dtype=np.float64) if metric is not None else None)
 
 
 def per_position_mean(acts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -274,3 +295,125 @@ def repeat_scores_table(pattern_of: Callable[[int, int], np.ndarray], n_texts: i
     for k, name in enumerate(REPEAT_SCORES):
         table[name] = means[:, :, k].ravel()
     return table
+
+
+# ---- activation patching and attribution patching ----------------------------------------------
+#: ``metric(logits [B, T, vocab], prompts) -> [B]``: the quantity patched, for batch rows that are
+#: the prompts ``prompts`` (indices into the prompt list); differentiable for attribution patching
+Metric = Callable[[torch.Tensor, list[int]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One activation replaced by its value on another run (docs/methods.md, "Attention, DLA and
+    patching"): ``hook`` a token-major TransformerLens hook (``[B, T, ...]``, e.g.
+    ``blocks.3.hook_resid_pre``), ``position`` (None: every position of the prompt), ``head`` (per-head
+    hooks ``[B, T, H, d_head]`` such as ``attn.hook_z`` only; None: every head)."""
+
+    hook: str
+    position: int | None = None
+    head: int | None = None
+
+    def index(self, length: int) -> tuple:
+        """The patched part of one prompt's value ``[T, ...]`` (a prompt of ``length`` tokens)."""
+        position = slice(0, length) if self.position is None else self.position
+        return (position,) if self.head is None else (position, self.head)
+
+
+def check_hook_names(bridge, names: Iterable[str]) -> None:
+    """WorkbenchError naming the hooks the model does not have (and what its names look like)."""
+    missing = [n for n in dict.fromkeys(names) if n not in bridge.hook_dict]
+    if missing:
+        n_layers = int(bridge.cfg.n_layers)
+        raise WorkbenchError(f"This model has no hook {', '.join(missing[:3])}: it has blocks 0..{n_layers - 1}, "
+                             "with hooks such as blocks.0.hook_resid_pre, blocks.0.attn.hook_z, blocks.0.hook_mlp_out.")
+
+
+def _patch_hooks(jobs: list[tuple[int, int]], patches: Sequence[Patch], sources: dict[str, torch.Tensor],
+                 lengths: list[int]) -> list[Hook]:
+    """Forward hooks for one batch whose row ``r`` is prompt ``n`` under patch ``k`` (``jobs[r] = (k, n)``)."""
+    by_hook: dict[str, list[tuple[int, tuple]]] = {}
+    for row, (k, n) in enumerate(jobs):
+        index = patches[k].index(lengths[n])
+        by_hook.setdefault(patches[k].hook, []).append((row, n, index))
+
+    def make(source: torch.Tensor, items: list) -> Callable:
+        def hook(value, hook=None):
+            for row, n, index in items:
+                value[(row,) + index] = source[(n,) + index].to(value.device, value.dtype)
+            return value
+        return hook
+
+    return [(name, make(sources[name], items)) for name, items in by_hook.items()]
+
+
+@torch.no_grad()
+def patch_sweep(bridge, seqs: list[list[int]], sources: dict[str, torch.Tensor], patches: Sequence[Patch],
+                metric: Metric, batch_size: int = 32, pad_id: int = 0,
+                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Activation patching: ``metric`` of every prompt under every patch, float64 ``[len(patches), N]``.
+
+    Under patch ``k`` prompt ``n`` runs with the part ``patches[k]`` names of its hook's value replaced
+    by ``sources[hook][n]`` at the same positions (and head): ``sources`` ``{hook: [N, T_max, ...]}``
+    from :func:`collect` on the paired prompts (same token lengths). (patch, prompt) pairs are packed
+    patch-major into batches of ``batch_size`` rows, so that a sweep over one prompt pair fills its
+    batches too. Reference: TransformerLens ``patching`` (one forward per patch).
+    """
+    check_hook_names(bridge, {p.hook for p in patches})
+    lacking = sorted({p.hook for p in patches} - set(sources))
+    if lacking:
+        raise WorkbenchError(f"No patch source for hook(s) {lacking}: collect them on the source prompts first.")
+    device = _input_device(bridge)
+    sources = {h: sources[h].to(device) for h in {p.hook for p in patches}}
+    lengths = [len(s) for s in seqs]
+    jobs = [(k, n) for k in range(len(patches)) for n in range(len(seqs))]
+    out = np.empty((len(patches), len(seqs)))
+    for part in batches(len(jobs), batch_size):
+        chunk = jobs[part]
+        ids, _ = pad_right([seqs[n] for _, n in chunk], pad_id)
+        logits = bridge.run_with_hooks(ids.to(device), fwd_hooks=_patch_hooks(chunk, patches, sources, lengths))
+        for (k, n), value in zip(chunk, metric(logits, [n for _, n in chunk]).tolist()):
+            out[k, n] = value
+        if progress is not None:
+            progress(part.stop, len(jobs))
+    return out
+
+
+def activation_gradients(bridge, seqs: list[list[int]], names: Iterable[str], metric: Metric,
+                         batch_size: int = 32, pad_id: int = 0
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], np.ndarray]:
+    """Activations of token-major hooks on ``seqs``, the gradient of ``metric`` with respect to them,
+    and the metric: ``({name: float32 [N, T_max, ...]}, {name: same}, float64 [N])``, on the CPU,
+    zero past each prompt's length. One forward and one backward per batch (attribution patching,
+    Nanda 2023). Each hook's value gets a zero tensor added and the gradient is read on it, so every
+    path from the activation to the metric counts, whatever ``requires_grad`` the weights have; the
+    weights get no ``.grad``. Prompt ``n``'s gradient is that of its own metric (the batch sums them).
+    """
+    names = _token_major(names)
+    check_hook_names(bridge, names)
+    t_max = max(len(s) for s in seqs) if seqs else 0
+    device = _input_device(bridge)
+    acts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    grads: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    scores: list[float] = []
+    for rows in batches(len(seqs), batch_size):
+        ids, lengths = pad_right(seqs[rows], pad_id)
+        deltas: dict[str, torch.Tensor] = {}
+
+        def make(name: str) -> Callable:
+            def hook(value, hook=None):
+                deltas[name] = torch.zeros_like(value, requires_grad=True)
+                acts[name].append(_padded(value.detach().float().cpu(), lengths, t_max))
+                return value + deltas[name]
+            return hook
+
+        with torch.enable_grad():
+            logits = bridge.run_with_hooks(ids.to(device), fwd_hooks=[(n, make(n)) for n in names])
+            values = metric(logits, list(range(rows.start, rows.stop)))
+            found = torch.autograd.grad(values.sum(), [deltas[n] for n in names], allow_unused=True)
+        for n, delta, grad in zip(names, (deltas[n] for n in names), found):
+            grad = torch.zeros_like(delta) if grad is None else grad
+            grads[n].append(_padded(grad.detach().float().cpu(), lengths, t_max))
+        scores += values.detach().tolist()
+    return ({n: torch.cat(v) for n, v in acts.items()}, {n: torch.cat(v) for n, v in grads.items()},
+            np.asarray(scores, dtype=np.float64))
