@@ -28,6 +28,7 @@ import yaml
 
 from .batch import (_default_data_for, _default_model_for, _model_entries, _read_plan, _write_index,  # noqa: F401
                     plan_jobs, run_batch_job)
+from .cli_cache import _table, cmd_cache
 from .errors import WorkbenchError
 from .models.info import HOOK_GROUPS
 
@@ -100,15 +101,6 @@ def _parse_sets(pairs: list[str]) -> dict:
             raise WorkbenchError(f"--set {key}: cannot read the value {value!r} ({problem}); give a plain number, "
                                  "text, true/false, null or [list], quoting text that YAML would misread") from None
     return params
-
-
-def _table(rows: list[dict], columns: list[str]) -> str:
-    if not rows:
-        return "(none)"
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
-    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines)
 
 
 def cmd_models(args) -> None:
@@ -248,49 +240,6 @@ def cmd_batch(args) -> None:
     print(f"wrote {out / 'index.html'} ({sum(r['status'] == 'ok' for r in rows)}/{len(rows)} ok)")
     if any(r["status"] != "ok" for r in rows):
         sys.exit(1)
-
-
-def cmd_cache(args) -> None:
-    from .store import ActivationStore
-
-    store = ActivationStore()
-    if args.action == "ls":
-        rows = store.listing()
-        for r in rows:
-            r["size"] = f"{r['bytes'] / 2**20:.1f} MiB"
-            r["last_used"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["last_used"]))
-        print(_table(rows, ["key", "state", "model", "dataset", "n_texts", "n_tokens", "hooks", "max_length", "size",
-                            "last_used", "problem"]))
-        states = {s: sum(r["state"] == s for r in rows) for s in ("ok", "corrupt", "orphan", "writing")}
-        print(f"{states['ok']} entries, {states['corrupt']} corrupt, {states['orphan']} orphaned temporary folders, "
-              f"{states['writing']} being written; {sum(r['bytes'] for r in rows) / 2**20:.1f} MiB "
-              f"(cap {store.max_bytes / 2**30:.1f} GiB) in {store.root}")
-    elif args.action == "verify":
-        rows = [r for r in store.listing() if r["state"] in ("ok", "corrupt")]
-        bad = 0
-        for r in rows:
-            problem = store.verify(r["key"])
-            print(f"{r['key']}  {'ok' if problem is None else 'CORRUPT: ' + problem}")
-            bad += problem is not None
-        orphans = store.remove_orphans()
-        print(f"{len(rows) - bad}/{len(rows)} entries intact" + ("; corrupt entries are rebuilt on next use "
-              "(`workbench cache clean` removes them now)" if bad else "")
-              + (f"; removed {len(orphans)} orphaned temporary folder(s)" if orphans else ""))
-        if bad:
-            sys.exit(1)
-    elif args.action == "clean":
-        done = store.clean()
-        print(f"removed {len(done['orphans'])} orphaned temporary folder(s) and {len(done['corrupt'])} corrupt "
-              f"entr{'y' if len(done['corrupt']) == 1 else 'ies'} from {store.root}")
-    elif args.action == "rm":
-        if not args.key:
-            raise WorkbenchError("cache rm needs a KEY (see `workbench cache ls`).")
-        if not store.remove(args.key):
-            raise WorkbenchError(f"No cache entry with key {args.key!r}.")
-        print(f"removed {args.key}")
-    elif args.action == "clear":
-        print(f"removed {store.clear()} entries and orphans from {store.root} (entries open in running processes "
-              "are kept)")
 
 
 def cmd_reproduce(args) -> None:
