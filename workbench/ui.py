@@ -267,7 +267,7 @@ def size_preset(analysis: str, key: str, widgets: dict[str, dict], quick: dict[s
         for name, value in quick.items():
             st.session_state[widgets[name]["key"]] = declared[name].default if paper else value
 
-    container.radio("Size of the run", [QUICK_LOOK, PAPER_SIZE], key=key, horizontal=True, on_change=switch,
+    container.radio("Preset", [QUICK_LOOK, PAPER_SIZE], key=key, horizontal=True, on_change=switch,
              help="Quick look: fewer texts and augmentations, so the first figure comes fast. Paper size: the "
                   "settings the README's results use.")
     for name, value in quick.items():
