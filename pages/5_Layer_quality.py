@@ -46,8 +46,7 @@ params = ui.param_widgets("layer_quality", ui.size_preset("layer_quality", "lq_s
     "combine_layer": dict(container=c5[0], label="first_last: layer averaged in", key="lq_combine"),
     **transform_widgets("lq", list(c5[1:]) + list(c6)),
     "seed": dict(label="Seed", key="lq_seed"),
-}, quick={"max_texts": 40, "max_length": 64, "aug_texts": 8, "n_augmentations": 4, "probe_max_texts": 320,
-          "retrieval_pairs": 60}))
+}, quick={"max_texts": 40, "max_length": 64, "aug_texts": 8, "n_augmentations": 4, "retrieval_pairs": 60}))
 
 others, mode = ([], "single") if on_vectors else compare.page_controls("lq", choice.get("model"))
 run_result = ui.run("layer_quality", params, choice, overlay=others)

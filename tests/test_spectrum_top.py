@@ -30,3 +30,13 @@ def test_top_pc_share_equals_svd():
     s = np.linalg.svd(X.astype(np.float64) - X.astype(np.float64).mean(0), compute_uv=False)
     share, n = top_pc_share(lambda: [X[:1500], X[1500:]])
     assert n == 4000 and share == pytest.approx(s[0] ** 2 / (s ** 2).sum(), rel=1e-12)
+
+
+def test_top_eigenpair_of_a_matrix_lanczos_cannot_start_on():
+    # rows constant except in one coordinate: G's null space holds the all-ones start vector's share
+    G = np.zeros((64, 64))
+    w, v = top_eigenpair(G)
+    assert w == 0.0 and v.shape == (64,)
+    G[0, 0], G[1, 1], G[0, 1], G[1, 0] = 1.0, 1.0, -1.0, -1.0  # eigenvector (1, -1, 0, ...) ⟂ ones
+    w, v = top_eigenpair(G)
+    assert w == pytest.approx(2.0) and abs(v[0]) == pytest.approx(2 ** -0.5)

@@ -79,12 +79,12 @@ def top_eigenpair(G: np.ndarray, vector: bool = True) -> tuple[float, np.ndarray
     import scipy.sparse.linalg
 
     d = G.shape[0]
-    if d >= 32:
+    if d >= 32 and np.any(G):
         try:
             w, v = scipy.sparse.linalg.eigsh(G, k=1, which="LA", v0=np.ones(d), maxiter=20 * d)
             return (float(w[0]), v[:, 0]) if vector else (float(w[0]), None)
-        except scipy.sparse.linalg.ArpackNoConvergence:
-            pass
+        except (scipy.sparse.linalg.ArpackNoConvergence, scipy.sparse.linalg.ArpackError):
+            pass  # e.g. the start vector in G's null space: the full reduction below has no such case
     last = d - 1
     out = scipy.linalg.eigh(G, eigvals_only=not vector, subset_by_index=[last, last])
     return (float(out[0][0]), out[1][:, 0]) if vector else (float(out[0]), None)
