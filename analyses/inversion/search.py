@@ -40,13 +40,9 @@ not). See docs/methods.md, "Embedding inversion".
 
 from __future__ import annotations
 
-import copy
 import time
-import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -55,44 +51,11 @@ import torch
 from workbench.errors import WorkbenchError
 from workbench.hooked import embed_texts
 
+from .candidates import BANNED_SUBSTRINGS, apply_repetition_penalty, banned_token_mask, propose  # noqa: F401
+from .precision import PRECISIONS, bf16_copy, native_bf16, resolve_precision  # noqa: F401
+
 STAGE1_PROMPT = "Write a sentence."
 REFINE_PROMPT = "write a sentence similar to this: {text}"
-#: substrings that ban a token (the repo's \n, ", @ and NBSP, plus the other newline/quote forms)
-BANNED_SUBSTRINGS = ("\n", "\r", '"', "@", "\xa0", "“", "”", "\t")
-#: the search's arithmetic: fp32, bf16, or auto (bf16 where the hardware does bf16 natively)
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def native_bf16(device: torch.device | str = "cpu") -> bool:
-    """Whether ``device`` runs bf16 matmuls natively: a CUDA GPU with bf16, or a CPU whose flags
-    list ``avx512_bf16`` or ``amx_bf16`` (Linux ``/proc/cpuinfo``; elsewhere False)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if device.type != "cpu":
-        return False
-    return _cpu_bf16()
-
-
-@lru_cache(maxsize=1)
-def _cpu_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="ignore")
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
-
-
-def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
-    """``fp32`` or ``bf16``: ``auto`` is bf16 where :func:`native_bf16`, else fp32."""
-    precision = str(precision or "auto").lower()
-    if precision not in PRECISIONS:
-        raise WorkbenchError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
-    if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    return precision
-
-
 class Embedder:
     """Embeds candidate texts as the targets are embedded: ``encode(texts) -> float32 [N, D]`` (torch).
 
@@ -205,67 +168,6 @@ class InversionResult:
     stage_cosines: list[float] = field(default_factory=list)
     history: list[float] = field(default_factory=list)  # best-so-far cosine after each step
     n_embedded: int = 0
-
-
-@lru_cache(maxsize=8)
-def _banned_ids_cached(tok_key: int, tokenizer, vocab_size: int) -> torch.Tensor:
-    n = len(tokenizer)
-    pieces = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False,
-                                    clean_up_tokenization_spaces=False)
-    banned = torch.zeros(vocab_size, dtype=torch.bool)
-    for i, piece in enumerate(pieces):
-        # a token that decodes to nothing would only repeat its parent text
-        if piece == "" or any(s in piece for s in BANNED_SUBSTRINGS):
-            banned[i] = True
-    special = set(tokenizer.all_special_ids)
-    special |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
-    if tokenizer.eos_token_id is not None:
-        special.add(tokenizer.eos_token_id)
-    for i in special:
-        if 0 <= i < vocab_size:
-            banned[i] = True
-    banned[n:] = True  # logits rows with no token
-    return banned
-
-
-def banned_token_mask(tokenizer, vocab_size: int) -> torch.Tensor:
-    """bool [V]: tokens the proposer may never propose (see :data:`BANNED_SUBSTRINGS`)."""
-    return _banned_ids_cached(id(tokenizer), tokenizer, vocab_size)
-
-
-def apply_repetition_penalty(logits: torch.Tensor, context_ids: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL penalty: for each row b and every token in ``context_ids[b]`` (prompt + generated),
-    positive logits / penalty, negative logits * penalty. logits [B, V], context_ids [B, T]."""
-    if penalty == 1.0:
-        return logits
-    picked = torch.gather(logits, 1, context_ids)
-    picked = torch.where(picked > 0, picked / penalty, picked * penalty)
-    return logits.scatter(1, context_ids, picked)
-
-
-def propose(logits: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """top-k ∩ top-p proposals per row: (token ids [B, k], valid mask [B, k]) sorted by probability.
-
-    A token is inside top-p when the probability mass of the tokens ranked above it is < top_p
-    (so the first token is always kept); top_p = 1 is plain top-k.
-    """
-    probs = torch.softmax(logits, dim=-1)
-    k = min(top_k, logits.shape[-1])
-    top_probs, top_ids = probs.topk(k, dim=-1)  # sorted descending
-    mass_before = top_probs.cumsum(-1) - top_probs
-    valid = (mass_before < top_p) & (top_probs > 0)
-    return top_ids, valid
-
-
-#: bf16 copies of proposers' transformers models, one per fp32 model while it lives
-_BF16_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def bf16_copy(hf_model):
-    """A bf16 copy of a transformers model (made once per model; the model itself is untouched)."""
-    if hf_model not in _BF16_COPIES:
-        _BF16_COPIES[hf_model] = copy.deepcopy(hf_model).to(torch.bfloat16).eval()
-    return _BF16_COPIES[hf_model]
 
 
 class Proposer:
