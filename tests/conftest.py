@@ -102,7 +102,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+# one server per browser test: a server shared by all of them stopped answering page loads by the fourth
+# test (whichever page came fourth); each test on its own server passes (left to investigate)
+@pytest.fixture()
 def served_app():
     port = _free_port()
     proc = subprocess.Popen(

@@ -23,8 +23,8 @@ def test_app_binds_to_localhost_only(served_app):
 def test_real_browser_layer_stats(served_app, tmp_path):
     url, _ = served_app
     with browser_page() as page:
-        page.goto(url + "/Layer_stats", timeout=120_000)
-        page.get_by_text("Layer statistics").first.wait_for(timeout=120_000)
+        page.goto(url + "/Layer_stats", timeout=300_000, wait_until="commit")  # the page then says when it is drawn
+        page.get_by_text("Layer statistics").first.wait_for(timeout=300_000)
         # pick something in a widget: fewer texts and shorter texts
         box = page.get_by_role("spinbutton", name="Texts (first N)")
         box.fill("4")

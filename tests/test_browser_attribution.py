@@ -33,8 +33,8 @@ def _click_head(page, index: int) -> None:
 def test_real_browser_opens_a_heads_pattern(served_app):
     url, _ = served_app
     with browser_page() as page:
-        page.goto(url + "/Attribution", timeout=120_000)
-        page.get_by_text("Attention, attribution and patching").first.wait_for(timeout=120_000)
+        page.goto(url + "/Attribution", timeout=300_000, wait_until="commit")  # the page then says when it is drawn
+        page.get_by_text("Attention, attribution and patching").first.wait_for(timeout=300_000)
         page.get_by_role("combobox", name="Model").wait_for(timeout=120_000)
         _choose(page, "Model", "attn-only-induction")
         _choose(page, "Prompt set", "repeats")

@@ -18,8 +18,8 @@ def _spin(page, name: str, value: int) -> None:
 def test_real_browser_opens_one_sae_feature(served_app):
     url, _ = served_app
     with browser_page() as page:
-        page.goto(url + "/SAE_features", timeout=120_000)
-        page.get_by_text("SAE features").first.wait_for(timeout=120_000)
+        page.goto(url + "/SAE_features", timeout=300_000, wait_until="commit")  # the page then says when it is drawn
+        page.get_by_text("SAE features").first.wait_for(timeout=300_000)
         page.get_by_text("SAE settings").first.click()
         _spin(page, "Training steps", 40)
         _spin(page, "Texts (first N, 0 = all)", 24)

@@ -14,8 +14,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 def test_real_browser_cka_heatmap(served_app, tmp_path):
     url, _ = served_app
     with browser_page() as page:
-        page.goto(url + "/Similarity", timeout=120_000)
-        page.get_by_text("Outliers, transforms and layer similarity").first.wait_for(timeout=120_000)
+        page.goto(url + "/Similarity", timeout=300_000, wait_until="commit")  # the page then says when it is drawn
+        page.get_by_text("Outliers, transforms and layer similarity").first.wait_for(timeout=300_000)
         page.get_by_role("tab", name="Layer similarity").click()
         panel = page.locator('[role="tabpanel"]:visible')
         for label, value in (("Texts to compare (first N)", "4"), ("Tokens per text to compare", "16")):
