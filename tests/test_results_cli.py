@@ -168,6 +168,50 @@ def test_cached_run_never_loads_the_weights(tiny_llama_dir, tmp_path, monkeypatc
     assert lazy.tokenizer is not None and lazy.loaded
 
 
+def test_cached_run_in_a_fresh_process_never_imports_torch(tiny_llama_dir, tmp_path):
+    """The cached-run benchmark's premise: a full store hit pays for neither the weights nor torch."""
+    env = {**os.environ, "WORKBENCH_CACHE": str(tmp_path / "cache")}
+    texts = tmp_path / "t.txt"
+    texts.write_text("the cat sat\na dog on the mat\n")
+    argv = ["run", "layer_stats", "--model", str(tiny_llama_dir), "--data", str(texts), "--set", "max_length=8",
+            "--no-static"]
+    probe = ("import sys; from workbench.cli import main; main(sys.argv[1:]); "
+             "print('torch imported:', 'torch' in sys.modules)")
+    outs = []
+    for i in range(2):  # the first run extracts (torch, weights); the second is served from the store
+        done = subprocess.run([sys.executable, "-c", probe, *argv, "--out", str(tmp_path / f"o{i}")],
+                              cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+        outs.append(done.stdout.strip().splitlines()[-1])
+    assert outs == ["torch imported: True", "torch imported: False"]
+    first, second = (pd.read_csv(tmp_path / f"o{i}" / "result.csv") for i in range(2))
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_the_seed_holds_for_torch_imported_after_it(tmp_path):
+    """seed_everything before torch is imported: torch is seeded the moment its import finishes."""
+    probe = ("import sys; from workbench.seeding import seed_everything; seed_everything(1234); "
+             "assert 'torch' not in sys.modules; import torch; print(torch.initial_seed(), torch.rand(1).item())")
+    late = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    early = subprocess.run([sys.executable, "-c", "import torch; from workbench.seeding import seed_everything; "
+                            "seed_everything(1234); print(torch.initial_seed(), torch.rand(1).item())"],
+                           cwd=ROOT, capture_output=True, text=True, check=True)
+    assert late.stdout.split()[0] == "1234" and late.stdout == early.stdout
+
+
+def test_every_analysis_is_found_where_analyses_homes_says():
+    import importlib
+
+    import analyses
+    from workbench import registry
+
+    for spec in list_analyses():
+        assert spec.name in analyses.HOMES, f"add {spec.name} to analyses.HOMES"
+        home = importlib.import_module(f"analyses.{analyses.HOMES[spec.name]}")
+        assert spec.run.__module__.startswith(home.__name__), spec.name
+    assert set(analyses.HOMES) == {s.name for s in list_analyses()}
+    assert registry.get_analysis("layer_stats").name == "layer_stats"
+
+
 def test_each_analysis_has_a_default_model_of_its_kind():
     from workbench.cli import _default_data_for, _default_model_for
 

@@ -1,4 +1,4 @@
-"""top_eigenpair (Lanczos) against the full LAPACK decomposition, anisotropic and near-isotropic."""
+"""top_eigenpair (block subspace iteration) against the full LAPACK decomposition, anisotropic and near-isotropic."""
 
 import numpy as np
 import pytest
@@ -32,11 +32,22 @@ def test_top_pc_share_equals_svd():
     assert n == 4000 and share == pytest.approx(s[0] ** 2 / (s ** 2).sum(), rel=1e-12)
 
 
-def test_top_eigenpair_of_a_matrix_lanczos_cannot_start_on():
-    # rows constant except in one coordinate: G's null space holds the all-ones start vector's share
+def test_top_eigenpair_of_degenerate_matrices():
+    # a zero matrix, then a rank-one one whose eigenvector is orthogonal to the all-ones vector
     G = np.zeros((64, 64))
     w, v = top_eigenpair(G)
     assert w == 0.0 and v.shape == (64,)
     G[0, 0], G[1, 1], G[0, 1], G[1, 0] = 1.0, 1.0, -1.0, -1.0  # eigenvector (1, -1, 0, ...) ⟂ ones
     w, v = top_eigenpair(G)
     assert w == pytest.approx(2.0) and abs(v[0]) == pytest.approx(2 ** -0.5)
+
+
+def test_top_eigenpair_of_a_tied_top():
+    # lambda_1 = lambda_2: any unit vector of their plane is an eigenvector; the value must be exact
+    rng = np.random.default_rng(3)
+    V, _ = np.linalg.qr(rng.standard_normal((100, 100)))
+    w_true = np.concatenate([[5.0, 5.0], np.linspace(0.1, 1.0, 98)])
+    G = (V * w_true) @ V.T
+    w, v = top_eigenpair(G)
+    assert w == pytest.approx(5.0, rel=1e-12)
+    assert np.linalg.norm(G @ v - w * v) < 1e-8 and np.linalg.norm(v) == pytest.approx(1.0)

@@ -33,6 +33,7 @@ from .params import COMMON_PARAMS, Param, defaults_of, validate_params  # noqa: 
 from .registry import (AnalysisSpec, Command, _REGISTRY, get_analysis, list_analyses,  # noqa: F401
                        register)
 from .results import Result, cli_command, package_versions, with_models
+from .seeding import seed_everything
 from .store import ActivationStore, CacheEntry, Progress
 
 #: a structured step record for live views (e.g. {"item": 1, "step": 4, "best_text": ..., ...})
@@ -168,14 +169,6 @@ def _memory_text(max_memory) -> str | None:
     return max_memory
 
 
-def _seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _resolve_inputs(spec: AnalysisSpec, model, data, vectors, columns: dict, placement: dict) -> Inputs:
     t0 = time.time()
     inputs = Inputs()
@@ -268,7 +261,7 @@ def run_analysis(name: str, model: str | ModelInfo | None = None, data: str | Te
     inputs = _resolve_inputs(spec, model, data, vectors, columns, placement)
     ctx = RunContext(name, merged, inputs.model, inputs.data, inputs.vectors, store, progress,
                      model_ref=inputs.model_ref, data_ref=inputs.data_ref, step_fn=on_step)
-    _seed_everything(ctx.seed)
+    seed_everything(ctx.seed)
     t1 = time.time()
     out = spec.run(ctx)
     table, summary = (out if isinstance(out, tuple) else (out, {}))

@@ -4,7 +4,7 @@ A back-end is one package (or module) under ``analyses/`` that calls :func:`regi
 :class:`AnalysisSpec`: its run and figure functions, its parameters (:class:`~workbench.params.Param`),
 its extra CLI commands (:class:`Command`), its README results tables, its default model and data.
 The core never imports a back-end by name: :func:`list_analyses` imports every module under
-``analyses/`` on first use. This module imports neither results nor the runner, so both can use it.
+``analyses/`` on first use, and :func:`get_analysis` only the one ``analyses.HOMES`` names for it. This module imports neither results nor the runner, so both can use it.
 """
 
 from __future__ import annotations
@@ -106,8 +106,25 @@ def list_analyses() -> list[AnalysisSpec]:
     return sorted(_REGISTRY.values(), key=lambda s: s.name)
 
 
+def _import_home(name: str) -> None:
+    """Import only the back-end that registers ``name`` (``analyses.HOMES``), when it is known."""
+    import analyses
+
+    home = getattr(analyses, "HOMES", {}).get(name)
+    if home is None:
+        return
+    try:
+        importlib.import_module(f"analyses.{home}")
+    except Exception as exc:  # reported the same way as in full discovery
+        BROKEN[home] = f"{exc.__class__.__name__}: {exc}"
+        logging.getLogger(__name__).warning("back-end analyses.%s failed to import: %s", home, exc)
+
+
 def get_analysis(name: str) -> AnalysisSpec:
-    _discover()
+    if name not in _REGISTRY and not _DISCOVERED:
+        _import_home(name)
+    if name not in _REGISTRY:
+        _discover()
     if name not in _REGISTRY:
         broken = "".join(f" The back-end analyses.{b} failed to import ({e})." for b, e in BROKEN.items())
         raise WorkbenchError(f"No analysis {name!r}; available: {', '.join(sorted(_REGISTRY))}.{broken}")

@@ -18,7 +18,7 @@ class LoadedModel(ModelInfo):
     Beyond :class:`ModelInfo`: ``hf_model`` (plain transformers, eval: the model to generate with
     and to use ``past_key_values`` on), ``tokenizer``, ``bridge`` (decoders only: a TransformerBridge
     in compatibility mode over a parameter-sharing twin of ``hf_model``, for hooks). The load check
-    of both paths is in ``load_report`` (see :func:`workbench.models.loading.load_check`).
+    of both paths is in ``load_report`` (see :func:`workbench.models.load_check.load_check`).
     """
 
     hf_model: Any = None

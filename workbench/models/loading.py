@@ -1,5 +1,8 @@
 """Loading a model: device and dtype, models spread over several devices, the memory estimate,
-the TransformerBridge for decoders, and the load check run on every load.
+the TransformerBridge for decoders, and the load check (:mod:`.load_check`) run on every load.
+
+torch is imported where weights are loaded or a GPU is asked about, not with the module: a run served
+wholly from the activation store (a :class:`LazyModel` from the model's card) never pays for it.
 
 Decoder-only models are hooked through transformer-lens's ``TransformerBridge`` (TransformerLens hook
 names); encoders and sentence embedders through plain transformers hidden states.
@@ -11,17 +14,19 @@ import copy
 import json
 import logging
 import os
+import sys
 import time
 import warnings
 from functools import lru_cache
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import WorkbenchError
 from .info import LazyModel, fingerprint_of, read_card, save_card
-from .loaded import LoadedModel
 from .registry import DEFAULT_MODEL, WEIGHT_SUFFIXES, builtin_models, resolve_source
+
+if TYPE_CHECKING:
+    from .loaded import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +43,23 @@ LOAD_CHECK_NEW_TOKENS = 4
 
 
 # ---- device and dtype --------------------------------------------------------------------------
+#: device nodes without which no CUDA (NVIDIA, ROCm, WSL) device can exist on Linux
+_GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+
+
+def _no_gpu_possible() -> bool:
+    """True on a Linux machine with no GPU device node: torch would find no GPU there, so it need not
+    be imported (0.8 s) to say so. Elsewhere (and wherever a node exists) torch is asked."""
+    return sys.platform.startswith("linux") and not any(os.path.exists(p) for p in _GPU_DEVICE_NODES)
+
+
 def available_devices() -> list[str]:
     """What this machine can run on: "cpu", then "cuda:N" per GPU, then "mps"."""
     devices = ["cpu"]
+    if _no_gpu_possible():
+        return devices
+    import torch
+
     if torch.cuda.is_available():
         devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -66,12 +85,18 @@ def resolve_dtype(dtype: str | None, device: str) -> str:
     """``auto`` -> bfloat16 on GPUs that support it, float32 elsewhere."""
     dtype = (dtype or "auto").strip().lower()
     if dtype == "auto":
-        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        if device.startswith("cuda") and _bf16_gpu():
             return "bfloat16"
         return "float32"
     if dtype not in DTYPES:
         raise WorkbenchError(f"--dtype must be auto, {', '.join(DTYPES)}; got {dtype!r}.")
     return dtype
+
+
+def _bf16_gpu() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_bf16_supported())
 
 
 def parse_max_memory(spec: str | dict | None) -> dict | None:
@@ -129,6 +154,8 @@ def weight_bytes(folder: Path | None, dtype: str) -> int | None:
 def free_bytes(device: str) -> int:
     """Free memory on a device: CUDA's own count, or the system's available RAM for the CPU."""
     if device.startswith("cuda"):
+        import torch
+
         return int(torch.cuda.mem_get_info(torch.device(device))[0])
     try:
         with open("/proc/meminfo") as handle:
@@ -173,7 +200,8 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | None = "auto", dtype:
     path and the KV-cache path are checked against a plain forward (``load_report``).
     """
     dev = "auto-map" if device_map else resolve_device(device)
-    dt = resolve_dtype(dtype, "cuda" if device_map and torch.cuda.is_available() else dev)
+    gpu_map = bool(device_map) and any(d.startswith("cuda") for d in available_devices())
+    dt = resolve_dtype(dtype, "cuda" if gpu_map else dev)
     mm = parse_max_memory(max_memory)
     key = (name, dev, dt, json.dumps(device_map, sort_keys=True, default=str), json.dumps(mm, sort_keys=True, default=str),
            bool(trust_remote_code), bool(check_logits))
@@ -261,6 +289,7 @@ def _load(name, device, dtype, device_map, max_memory, trust_remote_code, check_
     # resolved and checked before transformers is even imported: a bad name fails in about a second
     folder, source, local_only = resolve_source(name)
     check_fits(name, folder, dtype, device, device_map, max_memory)
+    import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -290,6 +319,8 @@ def _load(name, device, dtype, device_map, max_memory, trust_remote_code, check_
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     pooling, normalize = _sentence_settings(folder)
+    from .loaded import LoadedModel
+
     model = LoadedModel(name=name, kind=kind, fingerprint=fingerprint_of(folder, name, dtype, revision),
                         folder=folder, dtype=dtype, device=device, sentence_pooling=pooling,
                         sentence_normalize=normalize, hf_model=hf_model, tokenizer=tokenizer,
@@ -297,7 +328,9 @@ def _load(name, device, dtype, device_map, max_memory, trust_remote_code, check_
     if device_map:
         model.load_report["device_map"] = {str(k): str(v) for k, v in getattr(hf_model, "hf_device_map", {}).items()}
     if kind == "decoder":
-        reference = _plain_logits(model) if check_logits else None
+        from .load_check import load_check, plain_logits
+
+        reference = plain_logits(model) if check_logits else None
         model.bridge = _bridge(source, hf_model, tokenizer, device if not device_map else None)
         model.n_layers = int(model.bridge.cfg.n_layers)
         if check_logits:
@@ -337,57 +370,6 @@ def _bridge(source: str, hf_model, tokenizer, device: str | None):
         bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
     bridge.eval()
     return bridge
-
-
-@torch.no_grad()
-def _plain_logits(model: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = model.tokenizer(LOGIT_CHECK_TEXT, return_tensors="pt")["input_ids"].to(model.input_device)
-    return ids, model.hf_model(input_ids=ids).logits.float()
-
-
-@torch.no_grad()
-def load_check(model: LoadedModel, ids: torch.Tensor, plain: torch.Tensor) -> dict:
-    """Check on every load that both decoder paths behave like plain transformers.
-
-    1. Hooked path: the bridge's logits against the plain full forward (taken before the bridge was
-       booted) on the same ids, as log-probs (``logprob_max_abs_diff``).
-    2. KV-cache path of ``model.hf_model`` (what generation and the inversion proposer use): the
-       logits of one cached step against the full forward (``kv_step_max_abs_diff``), and
-       :data:`LOAD_CHECK_NEW_TOKENS` greedy tokens from ``generate`` against greedy decoding by
-       repeated full forwards of the bridge (``kv_greedy_match``).
-
-    The tolerance follows the dtype (:data:`LOAD_CHECK_TOLERANCE`; recorded as ``tolerance``). Past
-    it a warning is raised and ``kv_cache_ok`` is False; paths that need the KV cache refuse such a
-    model (:meth:`LoadedModel.require_kv_cache`). In half precision greedy tokens may differ where
-    two candidates are closer than the rounding, so there only the logit tolerance is required.
-    """
-    tol = LOAD_CHECK_TOLERANCE[model.dtype]
-    hooked = model.bridge(ids).float()
-    logprob_diff = float((hooked.log_softmax(-1) - plain.log_softmax(-1)).abs().max())
-    if logprob_diff > tol:
-        warnings.warn(f"{model.name}: hooked log-probs differ from plain transformers by {logprob_diff:.2e} "
-                      f"(tolerance {tol:g} in {model.dtype}); results may not match the plain model.")
-    hf = model.hf_model
-    first = hf(input_ids=ids[:, :-1], use_cache=True)
-    step = hf(input_ids=ids[:, -1:], past_key_values=first.past_key_values, use_cache=True).logits.float()
-    kv_diff = float((step[0, -1] - plain[0, -1]).abs().max())
-    generated = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=LOAD_CHECK_NEW_TOKENS,
-                            min_new_tokens=LOAD_CHECK_NEW_TOKENS, do_sample=False,
-                            pad_token_id=model.tokenizer.pad_token_id)
-    greedy_kv = generated[0, ids.shape[1]:].tolist()
-    seq = ids
-    for _ in range(LOAD_CHECK_NEW_TOKENS):
-        seq = torch.cat([seq, model.bridge(seq)[:, -1].argmax(-1, keepdim=True).to(seq.device)], 1)
-    greedy_full = seq[0, ids.shape[1]:].tolist()
-    match = greedy_kv == greedy_full
-    kv_ok = kv_diff <= tol and (match or model.dtype != "float32")
-    if not kv_ok:
-        warnings.warn(f"{model.name}: the KV-cache path disagrees with a full forward (one cached step differs by "
-                      f"{kv_diff:.3g}; greedy tokens {greedy_kv} vs {greedy_full}); generation would be wrong.")
-    return {"logprob_max_abs_diff": logprob_diff, "logit_max_abs_diff": float((hooked - plain).abs().max()),
-            "kv_step_max_abs_diff": kv_diff, "kv_greedy_tokens": greedy_kv, "kv_greedy_match": match,
-            "kv_cache_ok": bool(kv_ok), "tolerance": tol, "dtype": model.dtype, "device": model.device,
-            "logit_check_text": LOGIT_CHECK_TEXT}
 
 
 @lru_cache(maxsize=8)

@@ -7,6 +7,7 @@ raises a :class:`~workbench.errors.WorkbenchError` that says what to fix.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -16,11 +17,8 @@ from workbench.errors import WorkbenchError
 
 def _from_torch(X):
     """A torch tensor as a CPU numpy array (float16 / bfloat16 promoted to float32); anything else as is."""
-    try:  # torch tensors without importing torch when it is not needed
-        import torch
-    except ImportError:  # pragma: no cover - torch is a hard dependency of the workbench
-        return X
-    if isinstance(X, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported: never import it here
+    if torch is not None and isinstance(X, torch.Tensor):
         X = X.detach().to("cpu")
         if X.dtype in (torch.float16, torch.bfloat16):
             X = X.float()

@@ -11,13 +11,13 @@ import time
 import uuid
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from filelock import FileLock
 
 from ..data import TextDataset
 from ..errors import WorkbenchError
-from ..models import LoadedModel
 from ..paths import cache_dir
 from .entry import CacheEntry
 from .extract import _Extraction, _TokenSpool
@@ -25,6 +25,9 @@ from .files import (DEFAULT_MAX_GB, DEFAULT_SHARD_BYTES, FORMAT_VERSION, KEY_RE,
                     TEXT_HASHES_FILE, TOKENS_FILE, CorruptEntry, Progress, _Lease, _write_meta, memmap_safetensors,
                     read_meta, write_safetensors_parts)
 from .housekeeping import StoreHousekeeping
+
+if TYPE_CHECKING:
+    from ..models import LoadedModel
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ..errors import WorkbenchError
-from ..models import SENTENCE_EMBEDDING, LoadedModel
+from ..models import SENTENCE_EMBEDDING
 from .files import Progress, _ShardWriter, is_pattern_hook, write_safetensors_files
 
 if TYPE_CHECKING:
+    import torch
+
+    from ..models import LoadedModel
     from .cache import ActivationStore
 
 
@@ -73,6 +75,8 @@ class _Extraction:
             j = i + 1
             while j < len(rows) and (j + 1 - i) * max(len(r["ids"]) for r in rows[i:j + 1]) <= self.max_batch_tokens:
                 j += 1
+            import torch  # loaded with the model; never on a run served from the store
+
             try:
                 acts = self.model.run_hooks(*self._padded(rows[i:j]), self.hooks)
             except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
@@ -91,6 +95,8 @@ class _Extraction:
             i = j
 
     def _padded(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         width = max(len(r["ids"]) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
