@@ -38,7 +38,7 @@ params = ui.param_widgets("layer_quality", ui.size_preset("layer_quality", "lq_s
     "probe_folds": dict(container=c3[1], label="Probe folds", key="lq_folds"),
     "retrieval_data": dict(container=c3[2], label="Retrieval data", key="lq_retr"),
     "retrieval_pairs": dict(container=c3[3], label="Retrieval pairs", key="lq_pairs"),
-    "probe_max_texts": dict(container=c7[0], label="Probe texts (first N, 0 = all)", key="lq_probe_n"),
+    "probe_max_texts": dict(container=c7[0], label="Probe texts (N, every label in its share; 0 = all)", key="lq_probe_n"),
     "curvature": dict(container=c4[0], label="Curvature", key="lq_curv"),
     "clamp": dict(container=c4[1], label="Clamp Gram entries at 0 (reference quirk)", key="lq_clamp"),
     "skip_first": dict(container=c4[2], label="Leave out position 0 (BOS / sink)", key="lq_skip"),
@@ -46,7 +46,8 @@ params = ui.param_widgets("layer_quality", ui.size_preset("layer_quality", "lq_s
     "combine_layer": dict(container=c5[0], label="first_last: layer averaged in", key="lq_combine"),
     **transform_widgets("lq", list(c5[1:]) + list(c6)),
     "seed": dict(label="Seed", key="lq_seed"),
-}, quick={"max_texts": 40, "max_length": 64, "aug_texts": 8, "n_augmentations": 4, "retrieval_pairs": 60}))
+}, quick={"max_texts": 40, "max_length": 64, "aug_texts": 8, "n_augmentations": 4, "retrieval_pairs": 60,
+       "probe_max_texts": 400}))
 
 others, mode = ([], "single") if on_vectors else compare.page_controls("lq", choice.get("model"))
 run_result = ui.run("layer_quality", params, choice, overlay=others)

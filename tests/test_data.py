@@ -75,3 +75,21 @@ def test_from_texts_validates():
         TextDataset.from_texts([])
     with pytest.raises(WorkbenchError, match="one label per text"):
         TextDataset.from_texts(["a", "b"], labels=["x"])
+
+
+def test_stratified_keeps_every_label_in_its_share():
+    from workbench.data import TextDataset, load_dataset
+
+    topics = load_dataset("topics")  # sorted by label: its first 400 texts hold a few labels only
+    assert len(set(topics.subset(400).labels)) < len(set(topics.labels))
+    sample = topics.stratified(400)
+    counts, full = pd.Series(sample.labels).value_counts(), pd.Series(topics.labels).value_counts()
+    assert len(sample) == 400 and set(counts.index) == set(full.index)
+    assert (abs(counts - full * 400 / len(topics)) < 1).all()  # largest remainder: within one of the share
+    order = [topics.texts.index(t) for t in sample.texts]
+    assert order == sorted(order)  # file order kept
+    assert topics.stratified(10**6) is topics
+    small = TextDataset.from_texts(["a", "b", "c", "d", "e"], labels=["x", "x", "x", "y", "y"]).stratified(3)
+    assert small.texts == ["a", "b", "d"]
+    with pytest.raises(WorkbenchError, match="no labels"):
+        TextDataset.from_texts(["a", "b"]).stratified(1)

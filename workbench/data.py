@@ -81,6 +81,28 @@ class TextDataset:
         return TextDataset(f"{self.name}[:{n}]", self.texts[:n], self.frame.iloc[:n].reset_index(drop=True),
                            self.text_column, self.label_column, self.source, list(self.warnings))
 
+    def stratified(self, n: int | None) -> "TextDataset":
+        """``n`` labelled texts in the proportions of the labels: the first texts of each label (the
+        counts by largest remainder, so they sum to ``n``), kept in file order. A plain prefix of a
+        file sorted by label would hold only its first few labels."""
+        if n is None or n >= len(self.texts):
+            return self
+        if self.label_column is None:
+            raise WorkbenchError(f"{self.name} has no labels to stratify by; use subset(n) for the first n texts.")
+        labels = np.asarray([str(x) for x in self.labels])
+        names, counts = np.unique(labels, return_counts=True)
+        exact = counts * n / len(labels)
+        take = np.floor(exact).astype(int)
+        for k in np.argsort(-(exact - take), kind="stable")[: n - int(take.sum())]:
+            take[k] += 1
+        keep = np.zeros(len(labels), dtype=bool)
+        for name, k in zip(names, take):
+            keep[np.flatnonzero(labels == name)[:k]] = True
+        rows = np.flatnonzero(keep)
+        return TextDataset(f"{self.name}[stratified:{n}]", [self.texts[i] for i in rows],
+                           self.frame.iloc[rows].reset_index(drop=True), self.text_column, self.label_column,
+                           self.source, list(self.warnings))
+
     @classmethod
     def from_texts(cls, texts: list[str], name: str = "texts", labels: list | None = None) -> "TextDataset":
         texts = [str(t) for t in texts]

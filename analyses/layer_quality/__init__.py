@@ -105,7 +105,8 @@ PARAMS = {
     "lidar_delta": Param(1e-4, "ridge added to LiDAR's within-class scatter", min=0, closed="neither"),
     "probe_data": Param("auto", "labelled texts for the topic probe: 'auto' (the run's data if labelled, else the "
                         "built-in topics set), a built-in name, a file, or '' to skip"),
-    "probe_max_texts": Param(0, "use the first N labelled texts (0 = all)", min=0),
+    "probe_max_texts": Param(0, "use N labelled texts, each label in its share (the first texts of each "
+                                "label; 0 = all)", min=0),
     "probe_folds": Param(5, "cross-validation folds of the probe", min=2),
     "retrieval_data": Param("abstracts", "a table with query and document columns (default: the sample abstracts); "
                             "'' to skip"),
@@ -263,7 +264,7 @@ def _probe_dataset(ctx: RunContext, data: TextDataset) -> TextDataset | None:
             raise WorkbenchError(f"probe_data {spec!r} has no label column: give a table with a 'label' "
                                  "(or topic/category/class) column, or probe_data='' to skip the probe.")
     n = int(p["probe_max_texts"])
-    return ds.subset(n) if n > 0 else ds
+    return ds.stratified(n) if n > 0 else ds
 
 
 def _retrieval_datasets(p: dict) -> tuple[TextDataset, TextDataset] | None:
