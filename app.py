@@ -1,6 +1,6 @@
 """Streamlit entry point: `streamlit run app.py` (or `make app`, `workbench app`); serves on 127.0.0.1.
 
-Pages are found in pages/ (one file a page, thin: widgets -> an analysis -> its figures). Pages
+Pages are found in app_pages/ (one file a page, thin: widgets -> an analysis -> its figures). Pages
 of back-ends that are not installed are skipped, so the shell always starts.
 """
 
@@ -10,7 +10,7 @@ import streamlit as st
 
 st.set_page_config(page_title="Workbench", layout="wide")
 
-PAGES_DIR = Path(__file__).parent / "pages"
+PAGES_DIR = Path(__file__).parent / "app_pages"
 
 
 def _title(path: Path) -> str:

@@ -115,4 +115,4 @@ PARAMS = {"max_texts": Param(64, "use the first N texts of the dataset", min=1),
 register(AnalysisSpec(
     name="layer_stats", title="Layer statistics",
     question="How do the size and direction of the residual stream change from layer to layer?",
-    run=run, figure=figure, params=PARAMS, inputs=("model",), page="pages/1_Layer_stats.py"))
+    run=run, figure=figure, params=PARAMS, inputs=("model",), page="app_pages/1_Layer_stats.py"))

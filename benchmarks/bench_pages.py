@@ -1,6 +1,6 @@
 """Time to first figure of every analysis page with its default settings, driven through AppTest.
 
-For each page (``pages/1..98``; not Home, not the Cache tool) a fresh process:
+For each page (``app_pages/1..98``; not Home, not the Cache tool) a fresh process:
 
 1. renders the page once with ``ui.run`` stubbed out, to learn the page's default model (the
    sidebar's own choice on a fresh session), then loads that model through ``ui.get_model`` (the
@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = ROOT / "pages"
+PAGES = ROOT / "app_pages"
 TARGET_S = 60.0
 
 

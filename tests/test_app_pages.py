@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
 # Home links to the other pages, which only resolves under the app's navigation: it is tested through app.py
-PAGES = [p for p in sorted((ROOT / "pages").glob("*.py")) if p.stem != "0_Home"]
+PAGES = [p for p in sorted((ROOT / "app_pages").glob("*.py")) if p.stem != "0_Home"]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
@@ -43,7 +43,7 @@ def test_home_lists_every_analysis():
 
 @pytest.mark.slow
 def test_layer_stats_page_shows_figure_export_and_cli():
-    at = AppTest.from_file(str(ROOT / "pages" / "1_Layer_stats.py"), default_timeout=600)
+    at = AppTest.from_file(str(ROOT / "app_pages" / "1_Layer_stats.py"), default_timeout=600)
     at.session_state["ls_max_texts"] = 4
     at.session_state["ls_max_length"] = 16
     at.run()
@@ -68,7 +68,7 @@ def test_cache_page_lists_and_deletes(tmp_path, monkeypatch, tiny_llama_dir):
     store = ActivationStore()
     entry = store.get_or_extract(load_model(str(tiny_llama_dir)), TextDataset.from_texts(["the cat sat"]))
     entry.close()  # an entry open in this process could not be deleted
-    at = AppTest.from_file(str(ROOT / "pages" / "99_Cache.py"), default_timeout=120).run()
+    at = AppTest.from_file(str(ROOT / "app_pages" / "99_Cache.py"), default_timeout=120).run()
     assert not at.exception
     table = at.dataframe[0].value
     assert entry.key[:12] in table["key"].tolist()
@@ -89,7 +89,7 @@ def test_cache_page_asks_before_clearing(tmp_path, monkeypatch, tiny_llama_dir):
 
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
     ActivationStore().get_or_extract(load_model(str(tiny_llama_dir)), TextDataset.from_texts(["the cat sat"])).close()
-    at = AppTest.from_file(str(ROOT / "pages" / "99_Cache.py"), default_timeout=120).run()
+    at = AppTest.from_file(str(ROOT / "app_pages" / "99_Cache.py"), default_timeout=120).run()
     at.button(key="cache_clear").click().run()
     assert len(ActivationStore().entries()) == 1 and any("Delete all 1" in w.value for w in at.warning)
     at.button(key="cache_clear_no").click().run()
@@ -104,7 +104,7 @@ def test_quick_look_and_paper_size_are_one_click_apart():
     from workbench.ui import PAPER_SIZE, QUICK_LOOK
 
     declared = get_analysis("layer_quality").all_params
-    at = AppTest.from_file(str(ROOT / "pages" / "5_Layer_quality.py"), default_timeout=120).run()
+    at = AppTest.from_file(str(ROOT / "app_pages" / "5_Layer_quality.py"), default_timeout=120).run()
     assert not at.exception and not at.warning, [w.value for w in at.warning]
     assert at.number_input(key="lq_texts").value == 40  # the quick look starts small
     at.radio(key="lq_size").set_value(PAPER_SIZE).run()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-PAGE = Path(__file__).resolve().parent.parent / "pages" / "8_Attribution.py"
+PAGE = Path(__file__).resolve().parent.parent / "app_pages" / "8_Attribution.py"
 pytestmark = pytest.mark.slow
 
 

@@ -207,6 +207,6 @@ def test_page_renders():
     pytest.importorskip("streamlit")
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file("../pages/6_Circuits.py", default_timeout=120).run()
+    at = AppTest.from_file("../app_pages/6_Circuits.py", default_timeout=120).run()
     assert not at.exception
     assert [b.label for b in at.button] == ["Run"]

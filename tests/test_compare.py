@@ -116,7 +116,7 @@ def test_layer_stats_page_difference_mode(tiny_llama_dir, tmp_path, monkeypatch)
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    at = AppTest.from_file(str(ROOT / "pages" / "1_Layer_stats.py"), default_timeout=600)
+    at = AppTest.from_file(str(ROOT / "app_pages" / "1_Layer_stats.py"), default_timeout=600)
     at.session_state["model"] = at.session_state["model_other"] = str(tiny_llama_dir)
     at.session_state["ls_max_texts"] = 4
     at.session_state["ls_max_length"] = 16

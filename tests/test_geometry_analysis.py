@@ -181,6 +181,6 @@ def test_page_renders():
     pytest.importorskip("streamlit")
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file("../pages/4_Geometry.py", default_timeout=120).run()
+    at = AppTest.from_file("../app_pages/4_Geometry.py", default_timeout=120).run()
     assert not at.exception
     assert [b.label for b in at.button] == ["Run", "Run"]

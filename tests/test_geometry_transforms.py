@@ -71,7 +71,7 @@ def test_geometry_page_transform_projection_and_difference_views(tiny_llama_dir,
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    page = Path(__file__).resolve().parent.parent / "pages" / "4_Geometry.py"
+    page = Path(__file__).resolve().parent.parent / "app_pages" / "4_Geometry.py"
     at = AppTest.from_file(str(page), default_timeout=600)
     at.session_state["model"] = at.session_state["model_other"] = str(tiny_llama_dir)
     at.session_state["geo_est"] = ["svd", "cosine"]

@@ -16,7 +16,7 @@ from workbench.store import ActivationStore
 
 def test_registered():
     spec = get_analysis("layer_quality")
-    assert set(spec.inputs) == {"model", "vectors"} and spec.page == "pages/5_Layer_quality.py"
+    assert set(spec.inputs) == {"model", "vectors"} and spec.page == "app_pages/5_Layer_quality.py"
     assert set(spec.param_help) == set(DEFAULTS)
 
 
@@ -122,6 +122,6 @@ def test_page_renders():
     pytest.importorskip("streamlit")
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file("../pages/5_Layer_quality.py", default_timeout=120).run()
+    at = AppTest.from_file("../app_pages/5_Layer_quality.py", default_timeout=120).run()
     assert not at.exception
     assert [b.label for b in at.button] == ["Run"]

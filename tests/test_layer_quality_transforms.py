@@ -97,7 +97,7 @@ def test_layer_quality_page_shows_the_scores_before_and_after(setup, tiny_bert_d
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
     probe = tmp_path / "probe.jsonl"
     probe.write_text("\n".join(json.dumps({"text": t, "label": label}) for label in TEXTS for t in TEXTS[label]))
-    page = Path(__file__).resolve().parent.parent / "pages" / "5_Layer_quality.py"
+    page = Path(__file__).resolve().parent.parent / "app_pages" / "5_Layer_quality.py"
     at = AppTest.from_file(str(page), default_timeout=600)
     at.session_state["model"] = at.session_state["model_other"] = str(tiny_bert_dir)
     for key, value in {"lq_texts": 6, "lq_len": 16, "lq_aug": 0, "lq_probe": str(probe), "lq_folds": 3,

@@ -24,7 +24,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = ROOT / "pages"
+PAGES = ROOT / "app_pages"
 pytestmark = pytest.mark.slow  # real built-in models
 
 TIMING = ("seconds", "time_s", "runtime_s", "elapsed_s")  # wall-clock columns differ between any two runs

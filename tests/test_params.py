@@ -188,7 +188,7 @@ def test_analyses_command_lists_type_bounds_default_and_help(capsys):
 def _page(name: str):
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file(str(ROOT / "pages" / name), default_timeout=120).run()
+    at = AppTest.from_file(str(ROOT / "app_pages" / name), default_timeout=120).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 

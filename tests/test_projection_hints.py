@@ -42,7 +42,7 @@ def test_each_shown_token_has_its_own_colour(projection_runs):
 def test_umap_neighbours_only_enabled_under_umap():
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file(str(ROOT / "pages" / "4_Geometry.py"), default_timeout=120).run()
+    at = AppTest.from_file(str(ROOT / "app_pages" / "4_Geometry.py"), default_timeout=120).run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.number_input(key="proj_nn").disabled
     at.selectbox(key="proj_method").set_value("umap").run()

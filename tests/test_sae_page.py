@@ -15,7 +15,7 @@ from workbench.errors import WorkbenchError
 from workbench.models import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = str(ROOT / "pages" / "9_SAE_features.py")
+PAGE = str(ROOT / "app_pages" / "9_SAE_features.py")
 SMALL = {"steps": 30, "max_texts": 40, "max_length": 32, "d_sae": 64, "k": 4}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

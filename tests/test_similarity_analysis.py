@@ -43,7 +43,7 @@ def other_tokenizer_dir(tmp_path_factory):
 def test_registered():
     for name in ("outliers", "layer_similarity"):
         spec = get_analysis(name)
-        assert spec.page == "pages/10_Similarity.py" and set(spec.inputs) == {"model", "vectors"}
+        assert spec.page == "app_pages/10_Similarity.py" and set(spec.inputs) == {"model", "vectors"}
     assert {t.name for t in get_analysis("outliers").readme_tables} == {"outlier_clipping"}
     assert {t.name for t in get_analysis("layer_similarity").readme_tables} == {"layer_similarity"}
 
@@ -148,7 +148,7 @@ def test_vectors_input():
 def test_page_renders():
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file(str(ROOT / "pages" / "10_Similarity.py"), default_timeout=300).run()
+    at = AppTest.from_file(str(ROOT / "app_pages" / "10_Similarity.py"), default_timeout=300).run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("layer similarity" in t.value.lower() for t in at.title)
     assert len(at.tabs) == 3
@@ -160,7 +160,7 @@ def test_page_views_on_a_tiny_model(tiny_llama_dir, tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    at = AppTest.from_file(str(ROOT / "pages" / "10_Similarity.py"), default_timeout=300)
+    at = AppTest.from_file(str(ROOT / "app_pages" / "10_Similarity.py"), default_timeout=300)
     at.session_state["model"] = at.session_state["model_other"] = str(tiny_llama_dir)
     for key in ("out_texts", "tr_texts", "sim_texts"):
         at.session_state[key] = 6

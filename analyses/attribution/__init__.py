@@ -127,20 +127,20 @@ register(AnalysisSpec(
     question="Where does each head look, and which heads are previous-token, induction, duplicate-token or "
              "attention-sink heads?",
     run=attention_patterns, figure=pattern_grid, params=dict(PATTERN_PARAMS), inputs=("task",),
-    page="pages/8_Attribution.py", figures={"head": head_figure, "scores": scores_figure}))
+    page="app_pages/8_Attribution.py", figures={"head": head_figure, "scores": scores_figure}))
 
 register(AnalysisSpec(
     name="logit_attribution", title="Direct logit attribution",
     question="Which heads and MLPs write the answer's logit difference directly into the final residual stream?",
     run=logit_attribution, figure=dla_figure, params=dict(DLA_INPUT_PARAMS), inputs=("task",),
-    page="pages/8_Attribution.py", figures={"heads": dla_heads_figure, "layers": dla_layers_figure},
+    page="app_pages/8_Attribution.py", figures={"heads": dla_heads_figure, "layers": dla_layers_figure},
     readme_tables=TABLES))
 
 register(AnalysisSpec(
     name="activation_patching", title="Activation patching",
     question="Which activations, moved from the clean run into the corrupted one, restore the clean answer?",
     run=activation_patching, figure=patching_figure, params={**PATCH_INPUT_PARAMS, **PATCH_PARAMS},
-    inputs=("task",), page="pages/8_Attribution.py"))
+    inputs=("task",), page="app_pages/8_Attribution.py"))
 
 register(AnalysisSpec(
     name="attribution_patching", title="Attribution patching",
@@ -150,4 +150,4 @@ register(AnalysisSpec(
     params={**PATCH_INPUT_PARAMS, **PATCH_PARAMS,
             "compare_exact": Param(True, "also run exact activation patching on the same grid (for the correlation "
                                          "and the speed ratio)")},
-    inputs=("task",), page="pages/8_Attribution.py"))
+    inputs=("task",), page="app_pages/8_Attribution.py"))

@@ -115,8 +115,11 @@ def figure(result: Result):
             fig.add_trace(go.Scatter(x=sel["head"], y=sel["layer"], mode="markers", name=ref[0], showlegend=i == 1,
                                      marker=dict(symbol="circle-open", size=10, line=dict(width=2, color="red"))),
                           row=1, col=i)
-        fig.update_xaxes(title_text="head", row=1, col=i)
-        fig.update_yaxes(title_text="layer", row=1, col=i, autorange="reversed")
+        # whole layers and heads only (the default ticks put half-layers between rows)
+        n_layers, n_heads = int(table["layer"].max()) + 1, int(table["head"].max()) + 1
+        fig.update_xaxes(title_text="head", row=1, col=i, tickmode="linear", tick0=0, dtick=max(1, n_heads // 8))
+        fig.update_yaxes(title_text="layer", row=1, col=i, autorange="reversed", tickmode="linear", tick0=0,
+                         dtick=max(1, n_layers // 10))
     if ref is not None:
         fpr, tpr = roc_points(table["sae_score"].to_numpy(), ref[1])
         fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines+markers", name="SAE node score", line=dict(shape="hv"),
@@ -150,6 +153,6 @@ register(AnalysisSpec(
     params=dict(PARAMS),
     check_params=check_params,
     inputs=("task",),
-    page="pages/6_Circuits.py",
+    page="app_pages/6_Circuits.py",
     readme_tables=TABLES,
 ))

@@ -233,7 +233,7 @@ def _register():
             figure=figure,
             params=dict(PARAMS),
             inputs=("model",),
-            page="pages/3_DecoderLens.py",
+            page="app_pages/3_DecoderLens.py",
             readme_tables=TABLES,
         )
     )

@@ -5,7 +5,7 @@ The estimators themselves are core math shared by several back-ends and live in
 :mod:`workbench.stats` (``from workbench.stats import twonn, mle, svd_anisotropy``). This package is
 the analysis glue around them.
 
-Registered analyses (``workbench run geometry|projection``, page ``pages/4_Geometry.py``):
+Registered analyses (``workbench run geometry|projection``, page ``app_pages/4_Geometry.py``):
 
 - ``geometry``: long table (model, layer, depth = layer / n_layers, representation, metric,
   estimator, value, ci_low, ci_high, n_points, n_duplicates_removed, definition) on a model +

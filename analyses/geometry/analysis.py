@@ -205,10 +205,10 @@ def register_all() -> None:
         title="Geometry: anisotropy and intrinsic dimension",
         question="How anisotropic are the representations at each layer, and how many dimensions do they really use?",
         run=run_geometry, figure=figure_geometry, params=dict(GEOMETRY_PARAMS),
-        inputs=("model", "vectors"), page="pages/4_Geometry.py", readme_tables=TABLES))
+        inputs=("model", "vectors"), page="app_pages/4_Geometry.py", readme_tables=TABLES))
     register(AnalysisSpec(
         name="projection",
         title="2-D map of one layer (PCA / UMAP)",
         question="What does one layer's representation cloud look like in two dimensions, coloured by position, token or label?",
         run=run_projection, figure=figure_projection, params=dict(PROJECTION_PARAMS),
-        inputs=("model", "vectors"), page="pages/4_Geometry.py"))
+        inputs=("model", "vectors"), page="app_pages/4_Geometry.py"))

@@ -270,5 +270,5 @@ register(AnalysisSpec(
     params=PARAMS,
     inputs=("model", "vectors"),
     readme_tables=results_tables.TABLES,
-    page="pages/7_Inversion.py",
+    page="app_pages/7_Inversion.py",
 ))

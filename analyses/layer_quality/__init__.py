@@ -369,7 +369,7 @@ register(AnalysisSpec(
     params=PARAMS,
     inputs=("model", "vectors"),
     readme_tables=results_tables.TABLES,
-    page="pages/5_Layer_quality.py",
+    page="app_pages/5_Layer_quality.py",
 ))
 
 __all__ = ["metrics", "layer_row", "augment_texts", "AugmentSettings", "topic_probe", "retrieval_scores",

@@ -35,7 +35,7 @@ register(AnalysisSpec(
     figure=_analysis.figure,
     params=dict(_analysis.PARAMS),
     inputs=("model",),
-    page="pages/2_Lenses.py",
+    page="app_pages/2_Lenses.py",
     figures={"curves": lambda r: _analysis.curves(r.table)},
 ))
 
@@ -49,7 +49,7 @@ register(AnalysisSpec(
     params={**{k: v for k, v in _analysis.PARAMS.items() if k != "resid_mid"},
             "compare_logit": Param(True, "also compute the logit lens on the same positions (rows with lens=logit)")},
     inputs=("model",),
-    page="pages/2_Lenses.py",
+    page="app_pages/2_Lenses.py",
     figures={"curves": lambda r: _analysis.curves(r.table)},
     readme_tables=results_tables.TABLES,
     commands=(TRAIN_LENS,),

@@ -262,12 +262,13 @@ def heatmap(table: pd.DataFrame, lens: str = "logit", text: int = 0, color: str 
                                textfont={"size": 9}, customdata=hover, hovertemplate="%{customdata}<extra></extra>",
                                colorscale=scale, colorbar=bar, zmin=lo, zmax=hi))
     clip = "" if color in {"p_top1", "p_target"} else f"; colour clipped at the {CLIP_PERCENTILE}th percentile"
-    fig.update_layout(title={"text": f"{lens} lens, text {text}: top token per layer and position<br>"
-                             f"<sup>colour: {COLOR_BY.get(color, color)}{clip}; ␣ = space, ↵ = newline</sup>"},
+    # short lines: the page shows the logit and tuned lens side by side, each in half the width
+    fig.update_layout(title={"text": f"{lens} lens · text {text}<br><sup>top token per layer and position; "
+                             f"␣ = space, ↵ = newline<br>colour: {COLOR_BY.get(color, color)}{clip}</sup>"},
                       xaxis={"title": "position: input token", "tickangle": -45},
                       yaxis_title="layer (0 = embeddings)",
-                      height=max(460, 18 * len(layers) + 180), template="plotly_white",
-                      margin=dict(t=90, l=70, r=30, b=120))
+                      height=max(480, 18 * len(layers) + 200), template="plotly_white",
+                      margin=dict(t=110, l=70, r=30, b=120))
     return fig
 
 

@@ -32,7 +32,7 @@ from .sae import SparseAutoencoder  # noqa: F401
 from .settings import TRAIN_PARAMS, check_k
 from .train import fit, train_on_array, train_sae  # noqa: F401
 
-PAGE = "pages/9_SAE_features.py"
+PAGE = "app_pages/9_SAE_features.py"
 _COMMON = dict(inputs=("model",), page=PAGE, check_params=check_k, default_model="minilm-l6", default_data="abstracts")
 
 

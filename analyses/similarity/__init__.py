@@ -1,6 +1,6 @@
 """Outlier dimensions and layer similarity (docs/methods.md, "Outliers, whitening and layer similarity").
 
-Registered analyses (``workbench run outliers|layer_similarity``, page ``pages/10_Similarity.py``):
+Registered analyses (``workbench run outliers|layer_similarity``, page ``app_pages/10_Similarity.py``):
 
 - ``outliers``: long table (model, layer, depth, dim, mean, std, zscore, extreme_share, score, is_outlier,
   position_r2, n_tokens, persistence) of every hidden dimension at every layer: which dimensions sit far
@@ -27,7 +27,7 @@ from .layers import SIMILARITY_PARAMS, run_layer_similarity
 from .outliers import OUTLIER_PARAMS, figure_dimension, figure_outliers, run_outliers
 from .results_tables import OUTLIER_TABLES, SIMILARITY_TABLES
 
-PAGE = "pages/10_Similarity.py"
+PAGE = "app_pages/10_Similarity.py"
 
 register(AnalysisSpec(
     name="outliers", title="Outlier dimensions",
