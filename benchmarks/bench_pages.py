@@ -20,7 +20,7 @@ second model (the Inversion proposer) or training an SAE, is part of the time.
 Each page runs in its own process, killed after ``--timeout`` s, so that a run past the limit does
 not keep a script thread busy under the next page's timing. Run on a quiet machine, e.g.
 
-    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/bench_pages.py [--pages 1,2,7] [--timeout 600]
+    nice -n 5 .venv/bin/python benchmarks/bench_pages.py [--pages 1,2,7] [--timeout 600]
 
 Prints one row per page: page, model, load s, cold s, cached s, target, met?, and notes.
 """
