@@ -102,7 +102,7 @@ def figure(result: Result):
     ref = _reference(table)
     n = len(panels) + (ref is not None)
     titles = [t for _, t in panels] + ([f"ROC of the SAE score vs the {ref[0]}"] if ref else [])
-    fig = make_subplots(rows=1, cols=n, subplot_titles=titles, horizontal_spacing=0.1)
+    fig = make_subplots(rows=1, cols=n, subplot_titles=titles, horizontal_spacing=0.13)
     for i, (col, title) in enumerate(panels, start=1):
         # one colour bar per panel, beside it: the panels measure different things
         x_end = fig.layout[f"xaxis{'' if i == 1 else i}"].domain[1]
@@ -118,8 +118,9 @@ def figure(result: Result):
         # whole layers and heads only (the default ticks put half-layers between rows)
         n_layers, n_heads = int(table["layer"].max()) + 1, int(table["head"].max()) + 1
         fig.update_xaxes(title_text="head", row=1, col=i, tickmode="linear", tick0=0, dtick=max(1, n_heads // 8))
-        fig.update_yaxes(title_text="layer", row=1, col=i, autorange="reversed", tickmode="linear", tick0=0,
-                         dtick=max(1, n_layers // 10))
+        # the axis title on the first grid only: the others' would sit on the colour bar to their left
+        fig.update_yaxes(title_text="layer" if i == 1 else None, row=1, col=i, autorange="reversed",
+                         tickmode="linear", tick0=0, dtick=max(1, n_layers // 10))
     if ref is not None:
         fpr, tpr = roc_points(table["sae_score"].to_numpy(), ref[1])
         fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines+markers", name="SAE node score", line=dict(shape="hv"),
