@@ -102,15 +102,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# one server per browser test: a server shared by all of them stopped answering page loads by the fourth
-# test (whichever page came fourth); each test on its own server passes (left to investigate)
+# One server per browser test. Its output goes to a file: a pipe nobody reads fills up (64 KiB of
+# warnings and progress bars) and the server then blocks on its next write. That was the "shared
+# server that stopped answering by the fourth test", and a Layer quality run that froze mid-run.
 @pytest.fixture()
-def served_app():
+def served_app(tmp_path):
     port = _free_port()
+    log_path = tmp_path / "streamlit.log"
+    log = open(log_path, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
          "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ))
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -121,7 +124,8 @@ def served_app():
             time.sleep(0.5)
     else:
         proc.kill()
-        pytest.fail("the app did not start: " + proc.stdout.read().decode()[-2000:])
+        log.close()
+        pytest.fail("the app did not start: " + log_path.read_text(errors="replace")[-2000:])
     yield url, port
     proc.terminate()
     try:
@@ -129,6 +133,7 @@ def served_app():
     except subprocess.TimeoutExpired:  # a loaded machine: a server slow to stop is not a test failure
         proc.kill()
         proc.wait(timeout=30)
+    log.close()
 
 
 
