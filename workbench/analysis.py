@@ -16,7 +16,6 @@ Example::
 
 from __future__ import annotations
 
-import random
 import re
 import time
 from dataclasses import dataclass, field

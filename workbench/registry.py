@@ -4,7 +4,8 @@ A back-end is one package (or module) under ``analyses/`` that calls :func:`regi
 :class:`AnalysisSpec`: its run and figure functions, its parameters (:class:`~workbench.params.Param`),
 its extra CLI commands (:class:`Command`), its README results tables, its default model and data.
 The core never imports a back-end by name: :func:`list_analyses` imports every module under
-``analyses/`` on first use, and :func:`get_analysis` only the one ``analyses.HOMES`` names for it. This module imports neither results nor the runner, so both can use it.
+``analyses/`` on first use, and :func:`get_analysis` only the one ``analyses.HOMES`` names for it.
+This module imports neither results nor the runner, so both can use it.
 """
 
 from __future__ import annotations
@@ -94,11 +95,17 @@ def _discover() -> None:
 
     for info in pkgutil.iter_modules(analyses.__path__):
         if not info.name.startswith("_"):
-            try:
-                importlib.import_module(f"analyses.{info.name}")
-            except Exception as exc:  # one broken back-end must not take the others down; it is reported
-                BROKEN[info.name] = f"{exc.__class__.__name__}: {exc}"
-                logging.getLogger(__name__).warning("back-end analyses.%s failed to import: %s", info.name, exc)
+            _import_backend(info.name)
+
+
+def _import_backend(module: str) -> None:
+    """Import ``analyses.<module>``; one broken back-end must not take the others down, so its
+    error is kept in :data:`BROKEN` (``workbench analyses`` lists it) and logged."""
+    try:
+        importlib.import_module(f"analyses.{module}")
+    except Exception as exc:
+        BROKEN[module] = f"{exc.__class__.__name__}: {exc}"
+        logging.getLogger(__name__).warning("back-end analyses.%s failed to import: %s", module, exc)
 
 
 def list_analyses() -> list[AnalysisSpec]:
@@ -111,13 +118,8 @@ def _import_home(name: str) -> None:
     import analyses
 
     home = getattr(analyses, "HOMES", {}).get(name)
-    if home is None:
-        return
-    try:
-        importlib.import_module(f"analyses.{home}")
-    except Exception as exc:  # reported the same way as in full discovery
-        BROKEN[home] = f"{exc.__class__.__name__}: {exc}"
-        logging.getLogger(__name__).warning("back-end analyses.%s failed to import: %s", home, exc)
+    if home is not None:
+        _import_backend(home)
 
 
 def get_analysis(name: str) -> AnalysisSpec:
