@@ -47,7 +47,7 @@ from . import results_tables
 
 from . import metrics
 from .augment import AugmentSettings, augment_texts
-from .core import METRIC_COLUMNS, POOLINGS, VECTOR_METRICS, layer_row, timed
+from .core import METRIC_COLUMNS, METRIC_LABELS, POOLINGS, VECTOR_METRICS, layer_row, timed
 from .downstream import metric_correlations, recommend_layer, retrieval_scores, topic_probe
 from .metrics import CURVATURE_VARIANTS, ENTROPY_NORMALIZATIONS
 from .transformed import before_after, combine_hook, pooled, prompt_states, transformed_downstream
@@ -329,7 +329,7 @@ def figure(result: Result):
     ncols = 4
     nrows = max(1, -(-len(panels) // ncols))
     rho = result.summary.get("spearman_with_probe_accuracy", {})
-    titles = [c + (f"  (ρ={rho[c]:+.2f})" if rho.get(c) is not None else "") for c in panels]
+    titles = [METRIC_LABELS.get(c, c) + (f"  (ρ={rho[c]:+.2f})" if rho.get(c) is not None else "") for c in panels]
     fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=titles, vertical_spacing=0.12)
     best = result.summary.get("recommendation", {}).get("best_layer")
     for k, col in enumerate(panels):
@@ -339,7 +339,8 @@ def figure(result: Result):
                 if col == "probe_accuracy" and "probe_accuracy_std" in group else None
             fig.add_trace(go.Scatter(x=group["layer"], y=group[col], mode="lines+markers", name=model_name,
                                      legendgroup=model_name, showlegend=k == 0, error_y=err,
-                                     hovertemplate=f"layer %{{x}}<br>{col} %{{y:.4g}}<extra>{model_name}</extra>"),
+                                     hovertemplate=f"layer %{{x}}<br>{METRIC_LABELS.get(col, col)} %{{y:.4g}}"
+                                                   f"<extra>{model_name}</extra>"),
                           row=r, col=c)
             after = f"{col}_transformed"
             if after in group and group[after].notna().any():

@@ -29,6 +29,12 @@ from . import metrics as M
 #: metric columns, in table order (names used in tables, figures and summaries)
 METRIC_COLUMNS = ("prompt_entropy", "dataset_entropy", "effective_rank", "curvature", "infonce",
                   "infonce_mi_lower_bound", "lidar", "dime", "twonn")
+#: how figures name the columns (panel titles, hover text)
+METRIC_LABELS = {"prompt_entropy": "prompt entropy", "dataset_entropy": "dataset entropy",
+                 "effective_rank": "effective rank", "curvature": "curvature", "infonce": "InfoNCE loss",
+                 "infonce_mi_lower_bound": "InfoNCE MI lower bound", "lidar": "LiDAR", "dime": "DiME",
+                 "twonn": "TwoNN intrinsic dim.", "probe_accuracy": "probe accuracy", "retrieval_mrr": "retrieval MRR",
+                 "retrieval_recall_at_1": "retrieval R@1"}
 #: the metrics a user-supplied matrix of sentence vectors supports
 VECTOR_METRICS = ("dataset_entropy", "effective_rank", "twonn")
 POOLINGS = ("mean", "normalized_mean", "first_last")
