@@ -307,3 +307,12 @@ def test_shipped_smollm2_lens_beats_the_logit_lens(smollm):
     lens, _ = load_lens(folder)
     assert lens.n_layers == L and lens.d_model == smollm.d_model
     assert find_lens(smollm) is not None
+    # the shipped lens records its held-out curve and convergence verdict, was trained on a corpus that
+    # is not the evaluation text, and its curve only falls (the README shows both)
+    curve = [c["mean_kl"] for c in meta["curve"]]
+    assert len(curve) >= 5 and meta["curve"][-1]["step"] == meta["settings"]["steps"]
+    assert all(b <= a for a, b in zip(curve, curve[1:])), curve
+    assert meta["convergence"]["relative_change_last_20pct"] is not None
+    assert meta["data"]["train_positions_used"] >= 100_000
+    assert "sampled from the model itself" in " ".join(meta["deviations"])
+    assert meta["data"]["heldout"].startswith("abstracts[")

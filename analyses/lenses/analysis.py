@@ -160,7 +160,7 @@ def _run(ctx, lens_kind: str):
         folder = find_lens(model)
         if folder is None:
             raise WorkbenchError(f"No trained tuned lens for {model.fingerprint}. Train one with "
-                                 f"`{train_command_hint(model.name)}` (about half an hour on 2 CPU cores).")
+                                 f"`{train_command_hint(model.name)}` (about 70 minutes for smollm2-135m on 2 CPU cores; resumable).")
         tuned, meta = load_lens(folder)
         if tuned.n_layers != model.n_layers or tuned.d_model != model.d_model:
             raise WorkbenchError(f"The lens in {folder} has {tuned.n_layers} layers × d={tuned.d_model}, "
@@ -172,6 +172,7 @@ def _run(ctx, lens_kind: str):
         summary["lens_heldout_kl"] = meta.get("heldout_kl")
         summary["lens_deviations"] = meta.get("deviations")
         summary["lens_settings"] = meta.get("settings")
+        summary["lens_training"] = {k: meta.get(k) for k in ("curve", "convergence", "data", "timings")}
     dataset = ctx.require_dataset().subset(int(p["max_texts"]))
     hooks = model.resid_hooks() + (model.hook_names("resid_mid") if p.get("resid_mid") else [])
     entry = ctx.activations(hooks, max_length=int(p["max_length"]), dataset=dataset)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from workbench.reproduce import ReadmeTable, fmt, md_table
 
-#: abstracts 360..399 were never seen by the shipped lens (trained on the first 88)
+#: abstracts 360..399 were never trained on: the shipped lens learnt from text sampled from the model itself
+#: (its training run monitored its held-out curve on abstracts 360..367)
 HELDOUT = "abstracts[360:400]"
 
 SHOWN_LAYERS = (0, 1, 3, 6, 9, 12, 15, 18, 21, 24, 27, 29, 30)
@@ -32,7 +33,35 @@ def render_lenses(results) -> str:
         f"abstracts the lens never saw (`{HELDOUT}`, first 64 tokens each). The tuned lens is below the "
         f"logit lens at **{wins} of {len(below)}** layers below the last.", "",
         md_table(["layer"] + [str(l) for l in layers], rows), "",
+        _training_curve(res.summary.get("lens_training") or {}, res.summary.get("lens_heldout_kl") or {}), "",
         "<details><summary>Every layer</summary>", "", full, "", "</details>"])
+
+
+def _training_curve(training: dict, heldout_kl: dict) -> str:
+    """The shipped lens's held-out curve (mean KL over layers below the last) and its convergence; step 0
+    is the untrained lens, i.e. the logit lens on the same positions."""
+    curve, conv, data = training.get("curve") or [], training.get("convergence") or {}, training.get("data") or {}
+    if not curve:
+        return "The shipped lens records no training curve."
+    n_below = len(curve[0]["per_layer"]) - 1
+    logit = heldout_kl.get("logit_lens") or []
+    points = ([(0, sum(logit[:n_below]) / n_below)] if len(logit) > n_below else []) + \
+        [(c["step"], c["mean_kl"]) for c in curve]
+    corpus = ("texts sampled from the model itself" if str(data.get("name", "")).startswith("sampled")
+              else f"texts of `{data.get('name')}`")
+    head = (f"Training curve of the shipped lens (from its `lens.json`; step 0 is the untrained lens, i.e. the "
+            f"logit lens): mean held-out KL over layers 0–{n_below - 1} on {data.get('heldout_positions')} "
+            f"positions of `{data.get('heldout')}` (never trained on). Trained on "
+            f"{data.get('train_positions_used'):,} positions of {data.get('train_texts'):,} {corpus} in "
+            f"{(training.get('timings') or {}).get('train_s', 0) / 60:.0f} min "
+            f"({(training.get('timings') or {}).get('threads', '?')} CPU threads).")
+    change = conv.get("relative_change_last_20pct")
+    verdict = (f"Over the last 20 % of the steps (from step {conv.get('from_step')}) it moved by "
+               f"{100 * change:.2f} %: **{'converged' if conv.get('converged') else 'not converged'}** "
+               f"(the rule: < {100 * conv.get('threshold', 0.02):.0f} %)." if change is not None else "")
+    table = md_table(["step"] + [str(step) for step, _ in points],
+                     [["mean held-out KL"] + [fmt(kl, 3) for _, kl in points]])
+    return "\n".join([head + " " + verdict, "", table])
 
 
 TABLES = (ReadmeTable(
