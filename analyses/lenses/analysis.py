@@ -300,21 +300,34 @@ def curves(table: pd.DataFrame) -> go.Figure:
 
 
 def figure(result) -> go.Figure:
-    """Default figure: heatmap(s) of text 0 (one per lens) above the per-layer curves."""
+    """Default figure: heatmap(s) of text 0 (one per lens) above the per-layer KL curves.
+
+    Laid out for export (PNG/SVG at the page's width): short panel titles, the colour bar beside the
+    heatmaps only, the legend inside the KL panel, and the KL panel's labels on its own axes so the
+    heatmaps' slanted token labels never run into them.
+    """
     table = result.table
     lenses = list(dict.fromkeys(table["lens"]))
-    fig = make_subplots(rows=2, cols=len(lenses), row_heights=[0.68, 0.32], vertical_spacing=0.1,
-                        subplot_titles=[f"{lens} lens, text 0 (colour: p of top token)" for lens in lenses]
-                        + ["KL(final ‖ layer), nats"] + [""] * (len(lenses) - 1),
+    fig = make_subplots(rows=2, cols=len(lenses), row_heights=[0.7, 0.3], vertical_spacing=0.17,
+                        horizontal_spacing=0.08, subplot_titles=[f"{lens} lens · text 0" for lens in lenses],
                         specs=[[{}] * len(lenses), [{"colspan": len(lenses)}] + [None] * (len(lenses) - 1)])
     for c, lens in enumerate(lenses, start=1):
         hm = heatmap(table[table["site"] == "resid_post"], lens=lens, text=0, color="p_top1").data[0]
         hm.showscale = c == len(lenses)
+        hm.colorbar.update(len=0.62, y=1.0, yanchor="top", thickness=14)
         fig.add_trace(hm, row=1, col=c)
     for trace in curves(table).data:
         if trace.xaxis in (None, "x"):  # the KL panel
             fig.add_trace(trace, row=2, col=1)
+    fig.update_xaxes(tickangle=-45, row=1)
+    fig.update_yaxes(title_text="layer", row=1, col=1)
+    fig.update_xaxes(title_text="layer", row=2, col=1)
+    fig.update_yaxes(title_text="KL(final ‖ layer), nats", row=2, col=1)
     n_layers = table["layer"].nunique()
-    fig.update_layout(height=max(700, 18 * n_layers + 450), template="plotly_white",
-                      title=f"{' vs '.join(lenses)} lens ({result.summary.get('n_texts', '?')} texts)")
+    n_texts = result.summary.get("n_texts", "?")
+    fig.update_layout(height=max(760, 18 * n_layers + 500), template="plotly_white",
+                      legend=dict(x=0.99, xanchor="right", y=0.26, yanchor="top", bgcolor="rgba(255,255,255,0.8)"),
+                      margin=dict(t=90, l=70, r=30, b=60),
+                      title=f"{' vs '.join(lenses)} lens ({n_texts} text{'' if n_texts == 1 else 's'}; "
+                            "colour: probability of the top token)")
     return fig
