@@ -152,3 +152,16 @@ def browser_page(width: int = 1400, height: int = 1000):
             yield browser.new_page(viewport={"width": width, "height": height})
         finally:
             browser.close()
+
+
+def settle(page, seconds: int = 600, required: bool = True) -> None:
+    """Wait for the script run to end (the app root's ``data-test-script-state``), then 1.5 s for the browser to draw."""
+    page.wait_for_timeout(500)
+    try:
+        page.locator("[data-testid='stApp'][data-test-script-state='notRunning']").wait_for(
+            state="attached", timeout=seconds * 1000)
+    except Exception:
+        if required:
+            raise
+        print(f"the script run had not ended {seconds} s after the figure appeared")
+    page.wait_for_timeout(1500)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import browser_page
+from conftest import browser_page, settle as _settle
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "out" / "pages"
@@ -83,19 +83,6 @@ def _press(page, button) -> None:
         except Exception:
             if attempt == 2:
                 raise
-
-
-def _settle(page, seconds: int = RUN_SECONDS, required: bool = True) -> None:
-    """Wait for the script run to end (the app root's ``data-test-script-state``), then for plotly."""
-    page.wait_for_timeout(500)
-    try:
-        page.locator("[data-testid='stApp'][data-test-script-state='notRunning']").wait_for(
-            state="attached", timeout=seconds * 1000)
-    except Exception:
-        if required:
-            raise
-        print(f"the script run had not ended {seconds} s after the figure appeared")
-    page.wait_for_timeout(1500)
 
 
 def test_readme_screenshots_are_from_the_browser_test():

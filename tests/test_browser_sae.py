@@ -3,7 +3,7 @@ its examples and histogram are drawn."""
 
 import pytest
 
-from conftest import browser_page
+from conftest import browser_page, settle
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -29,8 +29,13 @@ def test_real_browser_opens_one_sae_feature(served_app):
         page.get_by_text("Top-activating examples").first.wait_for(timeout=600_000)
         _spin(page, "Feature", 5)
         page.get_by_text("Feature 5:").first.wait_for(timeout=120_000)
-        page.wait_for_timeout(1500)
+        # the rerun for the new feature redraws its figures: wait for it to end, not a fixed time (on a
+        # loaded machine 1.5 s after the caption, the figures were not drawn yet)
+        settle(page, seconds=300)
+        page.locator(".js-plotly-plot").nth(1).wait_for(timeout=120_000)
         assert page.locator(".js-plotly-plot").count() >= 2  # the feature map and the feature's histogram
+        errors = page.locator("[data-testid='stException'], [data-testid='stAlertContentError']").all_inner_texts()
+        assert not errors, errors
         assert page.get_by_text("workbench run sae_features").count() >= 1
         png = page.screenshot(full_page=True)
     assert len(png) > 50_000, "the screenshot is (nearly) blank"
