@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import browser_page, settle as _settle
+from conftest import browser_page, settle
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "out" / "pages"
@@ -48,7 +48,7 @@ def test_every_page_runs_its_defaults_in_a_browser(served_app, path, title, draw
         try:
             page.goto(f"{url}/{path}", timeout=300_000, wait_until="commit")
             page.get_by_text(title).first.wait_for(timeout=300_000)
-            _settle(page)
+            settle(page)
             if draws:
                 # the page's first primary button (Run, Invert, Train / evaluate); pages that run on load have none
                 run = page.locator("[data-testid='stBaseButton-primary']")
@@ -56,7 +56,7 @@ def test_every_page_runs_its_defaults_in_a_browser(served_app, path, title, draw
                     _press(page, run.first)
                 page.locator(".js-plotly-plot").first.wait_for(timeout=RUN_SECONDS * 1000)
                 # the figure is drawn; give the rest of the run two minutes to end, then take the screenshot
-                _settle(page, seconds=120, required=False)
+                settle(page, seconds=120, required=False)
         except Exception:
             page.screenshot(path=str(SHOTS / f"{name}_failed.png"), full_page=True)
             raise
