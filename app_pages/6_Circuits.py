@@ -5,7 +5,7 @@ import streamlit as st
 from workbench import ui
 from workbench.errors import WorkbenchError
 
-from analyses.circuits import preview_examples
+from analyses.circuits import agreement_sentence, preview_examples
 
 ui.page_header("circuits")
 st.caption(
@@ -88,6 +88,8 @@ else:
             cols[3].metric("Ablation (s)", f"{rt['ablation']:.1f}",
                            f"{ratio:.1f}× the SAE's time" if ratio >= 1 else f"{1 / ratio:.1f}× faster than the SAE",
                            delta_color="off")
+        if agreement_sentence(s):
+            st.caption(agreement_sentence(s))
         if s.get("ground_truth"):
             st.caption(f"Ground truth: {s['ground_truth']['source']} ({s['ground_truth']['n_heads']} heads, "
                        f"matched by {s['ground_truth']['matched_by']}).")

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from analyses.circuits.sae import CircuitSAE, sae_loss, train_sae, train_sae_autograd
-from analyses.circuits.scoring import (circuit_scores, edge_node_scores, node_scores, softmax,
-                                       unique_cooccurrences, unique_positive_codes)
+from analyses.circuits.scoring import (agreement, circuit_scores, edge_node_scores, node_scores, seed_stability,
+                                       softmax, top_k, unique_cooccurrences, unique_positive_codes)
 from workbench.errors import WorkbenchError
 
 
@@ -202,6 +202,28 @@ def test_circuit_scores_against_hand_values():
     assert s["precision"] == pytest.approx(2 / 3) and s["recall"] == 1.0
     assert s["precision_at_k"] == 0.5
     assert circuit_scores(np.zeros(4, bool), np.arange(4.0))["roc_auc"] is None
+
+
+def test_agreement_and_seed_stability_against_hand_values():
+    scores = np.array([0.5, 0.4, 0.3, 0.3, 0.1, 0.0])
+    reference = np.array([1.0, -1.0, 3.0, 2.0, 0.0, 0.5])
+    # ties go to the lower index, as DataFrame.nlargest(keep="first")
+    assert top_k(scores, 3).tolist() == [0, 1, 2]
+    assert pd.Series(scores).nlargest(3).index.tolist() == [0, 1, 2]
+    a = agreement(scores, reference, k=3)
+    assert a["top_k_shared"] == 2 and a["k"] == 3  # {0, 1, 2} & {2, 3, 0}
+    # Spearman with average ranks for the tie: ranks (6, 5, 3.5, 3.5, 2, 1) vs (4, 1, 6, 5, 2, 3)
+    ra, rb = np.array([6, 5, 3.5, 3.5, 2, 1]), np.array([4, 1, 6, 5, 2, 3.0])
+    expected = np.corrcoef(ra, rb)[0, 1]
+    assert a["spearman"] == pytest.approx(expected)
+    assert agreement(np.ones(6), reference)["spearman"] is None  # constant scores: no correlation
+    assert seed_stability(scores[None]) is None  # one seed: nothing to compare
+    per_seed = np.stack([scores, scores, reference])
+    st = seed_stability(per_seed, k=3)
+    # pairs (0,1): 3 shared, rho 1; (0,2) and (1,2): 2 shared, rho = expected
+    assert st["n_pairs"] == 3 and st["top_k_shared_min"] == 2
+    assert st["top_k_shared_mean"] == pytest.approx(7 / 3)
+    assert st["spearman_mean"] == pytest.approx((1 + 2 * expected) / 3)
 
 
 def test_softmax_is_shift_invariant():
@@ -390,6 +412,16 @@ def test_find_circuit_runs_on_tiny_model(tiny_model, store):
     np.testing.assert_allclose(table["sae_score"].sum(), 1.0)  # mean of softmaxes
     assert summary["ground_truth"] is None and summary["seeds"] == [0, 1]
     assert summary["runtimes_s"]["ablation"] > 0
+    # agreement with the baseline for the mean score and each seed, and seed-to-seed stability
+    assert len(summary["spearman_sae_vs_ablation_per_seed"]) == 2
+    assert len(summary["top10_shared_sae_vs_ablation_per_seed"]) == 2
+    assert 0 <= summary["top10_shared_sae_vs_ablation"] <= 8
+    assert summary["seed_stability"]["n_pairs"] == 1
+    from analyses.circuits import agreement_sentence
+
+    line = agreement_sentence(summary)  # the Circuits page's caption
+    assert f"{summary['top10_shared_sae_vs_ablation']}/10 heads shared" in line
+    assert "(least " in line and "1 pair)" in line
     # clean activations come from the store: a second run reads them back (both reads hits), same table
     again, summary2 = find_circuit(tiny_model, store=store, **params)
     hits = [(s["runtimes_s"]["sae_extraction_cache_hit"], s["runtimes_s"]["attention_scores_cache_hit"])

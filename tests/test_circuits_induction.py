@@ -104,6 +104,8 @@ def _check(result, min_auc):
     # the ablation-established circuit contains the previous-token head and an induction head
     assert "L0H2" in block["reference_heads"] and "L1H2" in block["reference_heads"]
     assert s["top_heads_ablation"][0] == "L0H2"
+    # the agreement with the baseline per seed, and the seed-to-seed stability over the 10 seed pairs
+    assert len(s["spearman_sae_vs_ablation_per_seed"]) == 5 and s["seed_stability"]["n_pairs"] == 10
     return s
 
 

@@ -31,13 +31,14 @@ from workbench.results import Result
 from .attention import attention_scores
 from .heads import context_reader, store_reader
 from .pipeline import DEFAULTS, PARAMS, check_params, find_circuit, run_phases
+from .report import agreement_sentence
 from .sae import CircuitSAE, train_sae
 from .scoring import circuit_scores, edge_node_scores, node_scores, unique_cooccurrences
 from .tasks import Task, make_task
 
 __all__ = ["find_circuit", "attention_scores", "CircuitSAE", "train_sae", "circuit_scores", "node_scores",
            "edge_node_scores", "unique_cooccurrences", "Task", "make_task", "store_reader", "context_reader", "run",
-           "figure"]
+           "figure", "agreement_sentence"]
 
 
 def run(ctx: RunContext):

@@ -24,7 +24,7 @@ import torch
 
 from .ablation import AblationResult
 from .sae_method import SAERun
-from .scoring import circuit_scores
+from .scoring import agreement, circuit_scores, seed_stability
 from .tasks import Task
 
 
@@ -103,18 +103,21 @@ def reference_block(mask: np.ndarray, sae: SAERun, labels: list[str]) -> dict:
     return block
 
 
-def ablation_summary(table: pd.DataFrame, abl: AblationResult, p: dict, n_pos: int) -> dict:
-    from scipy.stats import spearmanr
-
-    constant = np.ptp(table["sae_score"]) == 0 or np.ptp(table["ablation_effect"]) == 0
-    rho = np.nan if constant else spearmanr(table["sae_score"], table["ablation_effect"]).statistic
+def ablation_summary(table: pd.DataFrame, abl: AblationResult, sae: SAERun, p: dict, n_pos: int) -> dict:
+    """The baseline's settings and how the SAE ranking agrees with its per-head effects: Spearman
+    and top-10 overlap for the mean score over seeds and for each seed."""
+    mean_score = agreement(table["sae_score"].to_numpy(), abl.effect)
+    per_seed = [agreement(scores, abl.effect) for scores in sae.node]
     return {
         "ablation": {
             "mode": abl.mode, "clean_metric": abl.clean_metric, "negative_metric": abl.negative_metric,
             "circuit_threshold": float(p["circuit_threshold"]), "n_forwards": abl.n_forwards,
             "n_examples": int(p["ablation_examples"] or n_pos),
         },
-        "spearman_sae_vs_ablation": None if np.isnan(rho) else float(rho),
+        "spearman_sae_vs_ablation": mean_score["spearman"],
+        "spearman_sae_vs_ablation_per_seed": [a["spearman"] for a in per_seed],
+        "top10_shared_sae_vs_ablation": mean_score["top_k_shared"],
+        "top10_shared_sae_vs_ablation_per_seed": [a["top_k_shared"] for a in per_seed],
         "top_heads_ablation": table.nlargest(10, "ablation_effect")["label"].tolist(),
     }
 
@@ -161,7 +164,26 @@ def circuit_summary(task: Task, shape: tuple[int, int, int], arch: dict, lam: fl
     for ref_name, mask in references.items():
         summary[f"vs_{ref_name}"] = reference_block(mask, sae, labels)
     if abl is not None:
-        summary.update(ablation_summary(table, abl, p, len(task.positive)))
+        summary.update(ablation_summary(table, abl, sae, p, len(task.positive)))
     summary["top_heads_sae"] = table.nlargest(10, "sae_score")["label"].tolist()
+    # how much the SAE's ranking moves from one trial seed to the next (None for one seed)
+    summary["seed_stability"] = seed_stability(sae.node)
     summary["runtimes_s"] = runtimes(sae, abl, attn)
     return summary
+
+
+def agreement_sentence(summary: dict) -> str:
+    """One line on how the SAE ranking agrees with the ablation baseline and how stable it is from
+    seed to seed (empty when the run had neither)."""
+    parts = []
+    if summary.get("top10_shared_sae_vs_ablation") is not None:
+        rho = summary.get("spearman_sae_vs_ablation")
+        parts.append(f"SAE top 10 vs ablation top 10: {summary['top10_shared_sae_vs_ablation']}/10 heads shared"
+                     + (f", Spearman {rho:.2f} over all heads" if rho is not None else ""))
+    stable = summary.get("seed_stability")
+    if stable:
+        pairs = f"{stable['n_pairs']} pair{'s' if stable['n_pairs'] != 1 else ''}"
+        parts.append(f"seed to seed: {stable['top_k_shared_mean']:.1f}/10 top heads shared on average "
+                     f"(least {stable['top_k_shared_min']}, {pairs})"
+                     + (f", Spearman {stable['spearman_mean']:.2f}" if stable["spearman_mean"] is not None else ""))
+    return "; ".join(parts) + ("." if parts else "")

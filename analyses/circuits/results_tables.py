@@ -18,6 +18,13 @@ def _runtime_cell(rt) -> str:
             f"{fmt(rt['cpu']['ablation_over_sae'], 1)}× CPU){warm}")
 
 
+def _stability_cell(stable) -> str:
+    if not stable:
+        return ""
+    return (f"{fmt(stable['top_k_shared_mean'], 1)} ({stable['top_k_shared_min']}) / "
+            f"{fmt(stable['spearman_mean'], 2)}")
+
+
 def render_induction(results) -> str:
     rows = []
     for job, label in (("threshold-0.02", "effect > 0.02 of the gap"), ("threshold-0.05", "effect > 0.05 of the gap")):
@@ -29,6 +36,7 @@ def render_induction(results) -> str:
                      _pm(v, "edge_roc_auc") if "edge_roc_auc_mean" in v else "",
                      _pm(v, "node_tpr_tnr_hmean"),
                      f"{fmt(v['node_precision_mean'], 2)} / {fmt(v['node_recall_mean'], 2)}",
+                     _stability_cell(s.get("seed_stability")),
                      _runtime_cell(rt)])
     s = results["threshold-0.02"].summary
     t = results["threshold-0.02"].table.set_index("label")
@@ -37,7 +45,8 @@ def render_induction(results) -> str:
     prev = t["prev_token_score"].idxmax()
     ind = t.sort_values("induction_score", ascending=False).head(3)
     header = ["prompts a side × seeds", "node ROC-AUC (per seed)", "edge ROC-AUC",
-              "paper's \"F1\" (harmonic mean of TPR, TNR)", "precision / recall", "SAE run / ablation run"]
+              "paper's \"F1\" (harmonic mean of TPR, TNR)", "precision / recall",
+              "seed to seed: top-10 heads shared (least) / Spearman", "SAE run / ablation run"]
     return "\n".join([
         f"`attn-only-induction`, {s['n_positive']} + {s['n_negative']} prompts, {len(s['seeds'])} seeds. The "
         f"reference circuit is established without the SAE: mean-ablation effect as a share of the clean − "
@@ -50,15 +59,25 @@ def render_ioi(results) -> str:
     s = results["ioi"].summary
     v = s["vs_ablation"]
     abl = s["ablation"]
+    n_seeds = len(s["seeds"])
+    rhos = [r for r in s["spearman_sae_vs_ablation_per_seed"] if r is not None]
+    per_seed = (f" (per seed {fmt(min(rhos), 2)} to {fmt(max(rhos), 2)})" if len(rhos) > 1 else "")
+    stable = s.get("seed_stability")
+    stability = ("" if stable is None else
+                 f" From one SAE seed to another the top 10 heads share {fmt(stable['top_k_shared_mean'], 1)} "
+                 f"heads on average (at least {stable['top_k_shared_min']}, over {stable['n_pairs']} pairs of "
+                 f"seeds) and the scores' Spearman correlation is {fmt(stable['spearman_mean'], 2)}.")
     return "\n".join([
         f"`smollm2-135m` (30 × 9 heads) on IOI, {s['n_positive']} prompts a side, "
-        f"{len(s['seeds'])} seed{'s' if len(s['seeds']) > 1 else ''}: "
-        "Spearman correlation between SAE node scores and ablation effects "
-        f"**{fmt(s['spearman_sae_vs_ablation'], 2)}**; "
+        f"{n_seeds} seed{'s' if n_seeds > 1 else ''}: "
+        "Spearman correlation between SAE node scores (mean over seeds) and ablation effects "
+        f"**{fmt(s['spearman_sae_vs_ablation'], 2)}**{per_seed}; top 10 heads shared with ablation's top 10: "
+        f"**{s['top10_shared_sae_vs_ablation']}/10** (per seed "
+        f"{', '.join(str(x) for x in s['top10_shared_sae_vs_ablation_per_seed'])}); "
         f"SAE node ROC-AUC against the ablation-established circuit ({v['n_reference_heads']} heads above "
         f"{abl['circuit_threshold']} of the gap) {_pm(v, 'node_roc_auc')}. Clean metric {fmt(abl['clean_metric'], 2)}, "
-        f"negative prompts {fmt(abl['negative_metric'], 2)}.", "",
-        md_table(["rank", "top heads by ablation", "top heads by SAE score"],
+        f"negative prompts {fmt(abl['negative_metric'], 2)}.{stability}", "",
+        md_table(["rank", "top heads by ablation", "top heads by SAE score (mean over seeds)"],
                  [[i + 1, a, b] for i, (a, b) in enumerate(zip(s["top_heads_ablation"], s["top_heads_sae"]))])])
 
 
@@ -69,6 +88,6 @@ TABLES = (
                 render=render_induction, minutes=6),
     ReadmeTable(name="circuits_ioi", title="SAE circuit finding vs ablation on smollm2-135m, IOI",
                 jobs={"ioi": "workbench run circuits --model smollm2-135m --set task=ioi --set n_examples=16 "
-                             "--set seeds=1"},
+                             "--set seeds=5"},
                 render=render_ioi, minutes=20),
 )

@@ -134,3 +134,41 @@ def circuit_scores(y_true: np.ndarray, y_score: np.ndarray) -> dict:
         "precision_at_k": tp_k / k, "recall_at_k": tp_k / k,
     })
     return out
+
+
+def top_k(scores: np.ndarray, k: int = 10) -> np.ndarray:
+    """Indices of the ``k`` largest scores, ties broken by index (as ``DataFrame.nlargest``)."""
+    return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")[:k]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman rank correlation (average ranks for ties); None when either side is constant."""
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return float(spearmanr(a, b).statistic)
+
+
+def agreement(scores: np.ndarray, reference: np.ndarray, k: int = 10) -> dict:
+    """How one head ranking agrees with a reference effect over the same heads (both ``[n_heads]``):
+    ``spearman`` and ``top_k_shared`` (heads in both top-``k`` lists, of ``k``)."""
+    shared = np.intersect1d(top_k(scores, k), top_k(reference, k))
+    return {"spearman": spearman(scores, reference), "top_k_shared": int(shared.size), "k": int(k)}
+
+
+def seed_stability(per_seed: np.ndarray, k: int = 10) -> dict | None:
+    """Seed-to-seed stability of per-seed head scores ``[n_seeds, n_heads]``: over every pair of
+    seeds, the mean (and min) number of shared top-``k`` heads and the mean Spearman correlation.
+    None for a single seed."""
+    per_seed = np.asarray(per_seed, dtype=np.float64)
+    n = per_seed.shape[0]
+    if n < 2:
+        return None
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    shared = [agreement(per_seed[i], per_seed[j], k) for i, j in pairs]
+    rhos = [s["spearman"] for s in shared if s["spearman"] is not None]
+    counts = [s["top_k_shared"] for s in shared]
+    return {"n_pairs": len(pairs), "k": int(k), "top_k_shared_mean": float(np.mean(counts)),
+            "top_k_shared_min": int(min(counts)), "spearman_mean": float(np.mean(rhos)) if rhos else None}
