@@ -55,39 +55,51 @@ def render_induction(results) -> str:
         "", md_table(header, [[f"{s['n_positive']} × {len(s['seeds'])}: " + r[0]] + r[1:] for r in rows])])
 
 
+def _vs_baseline(s) -> str:
+    """How the SAE ranking (mean over seeds) agrees with one baseline's per-head effects."""
+    v, abl = s["vs_ablation"], s["ablation"]
+    rhos = [r for r in s["spearman_sae_vs_ablation_per_seed"] if r is not None]
+    per_seed = f" (per seed {fmt(min(rhos), 2)} to {fmt(max(rhos), 2)})" if len(rhos) > 1 else ""
+    return (f"Spearman correlation between SAE node scores (mean over seeds) and the heads' effects "
+            f"**{fmt(s['spearman_sae_vs_ablation'], 2)}**{per_seed}; top 10 heads shared: "
+            f"**{s['top10_shared_sae_vs_ablation']}/10** (per seed "
+            f"{', '.join(str(x) for x in s['top10_shared_sae_vs_ablation_per_seed'])}); SAE node ROC-AUC against "
+            f"the circuit it establishes ({v['n_reference_heads']} heads above {abl['circuit_threshold']} of the "
+            f"gap) {_pm(v, 'node_roc_auc')}")
+
+
 def render_ioi(results) -> str:
-    s = results["ioi"].summary
-    v = s["vs_ablation"]
+    s, p = results["ioi"].summary, results["ioi-patch"].summary
     abl = s["ablation"]
     n_seeds = len(s["seeds"])
-    rhos = [r for r in s["spearman_sae_vs_ablation_per_seed"] if r is not None]
-    per_seed = (f" (per seed {fmt(min(rhos), 2)} to {fmt(max(rhos), 2)})" if len(rhos) > 1 else "")
     stable = s.get("seed_stability")
     stability = ("" if stable is None else
                  f" From one SAE seed to another the top 10 heads share {fmt(stable['top_k_shared_mean'], 1)} "
                  f"heads on average (at least {stable['top_k_shared_min']}, over {stable['n_pairs']} pairs of "
                  f"seeds) and the scores' Spearman correlation is {fmt(stable['spearman_mean'], 2)}.")
+    both = len(set(s["top_heads_ablation"]) & set(p["top_heads_ablation"]))
     return "\n".join([
         f"`smollm2-135m` (30 × 9 heads) on IOI, {s['n_positive']} prompts a side, "
-        f"{n_seeds} seed{'s' if n_seeds > 1 else ''}: "
-        "Spearman correlation between SAE node scores (mean over seeds) and ablation effects "
-        f"**{fmt(s['spearman_sae_vs_ablation'], 2)}**{per_seed}; top 10 heads shared with ablation's top 10: "
-        f"**{s['top10_shared_sae_vs_ablation']}/10** (per seed "
-        f"{', '.join(str(x) for x in s['top10_shared_sae_vs_ablation_per_seed'])}); "
-        f"SAE node ROC-AUC against the ablation-established circuit ({v['n_reference_heads']} heads above "
-        f"{abl['circuit_threshold']} of the gap) {_pm(v, 'node_roc_auc')}. Clean metric {fmt(abl['clean_metric'], 2)}, "
-        f"negative prompts {fmt(abl['negative_metric'], 2)}.{stability}", "",
-        md_table(["rank", "top heads by ablation", "top heads by SAE score (mean over seeds)"],
-                 [[i + 1, a, b] for i, (a, b) in enumerate(zip(s["top_heads_ablation"], s["top_heads_sae"]))])])
+        f"{n_seeds} seed{'s' if n_seeds > 1 else ''}. Clean metric {fmt(abl['clean_metric'], 2)}, negative "
+        f"prompts {fmt(abl['negative_metric'], 2)}.{stability}", "",
+        f"- **Against mean ablation:** {_vs_baseline(s)}.",
+        f"- **Against activation patching** (in the clean run, one head's output taken from the paired negative "
+        f"prompt: the noising direction; the attribution table patches clean into corrupted): "
+        f"{_vs_baseline(p)}.",
+        f"- The two baselines share {both} of their top 10 heads.", "",
+        md_table(["rank", "top heads by mean ablation", "top heads by activation patching",
+                  "top heads by SAE score (mean over seeds)"],
+                 [[i + 1, a, b, c] for i, (a, b, c) in
+                  enumerate(zip(s["top_heads_ablation"], p["top_heads_ablation"], s["top_heads_sae"]))])])
 
 
+_IOI = "workbench run circuits --model smollm2-135m --set task=ioi --set n_examples=16 --set seeds=5"
 _IND = "workbench run circuits --model attn-only-induction --set task=induction --set n_examples=250 --set seeds=5"
 TABLES = (
     ReadmeTable(name="circuits_induction", title="SAE circuit finding vs ablation on attn-only-induction",
                 jobs={"threshold-0.02": _IND, "threshold-0.05": f"{_IND} --set circuit_threshold=0.05"},
                 render=render_induction, minutes=6),
     ReadmeTable(name="circuits_ioi", title="SAE circuit finding vs ablation on smollm2-135m, IOI",
-                jobs={"ioi": "workbench run circuits --model smollm2-135m --set task=ioi --set n_examples=16 "
-                             "--set seeds=5"},
-                render=render_ioi, minutes=20),
+                jobs={"ioi": _IOI, "ioi-patch": f"{_IOI} --set ablation=patch"},
+                render=render_ioi, minutes=40),
 )
