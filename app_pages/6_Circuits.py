@@ -88,8 +88,9 @@ else:
             cols[3].metric("Ablation (s)", f"{rt['ablation']:.1f}",
                            f"{ratio:.1f}× the SAE's time" if ratio >= 1 else f"{1 / ratio:.1f}× faster than the SAE",
                            delta_color="off")
-        if agreement_sentence(s):
-            st.caption(agreement_sentence(s))
+        agreement = agreement_sentence(s)
+        if agreement:
+            st.caption(agreement)
         if s.get("ground_truth"):
             st.caption(f"Ground truth: {s['ground_truth']['source']} ({s['ground_truth']['n_heads']} heads, "
                        f"matched by {s['ground_truth']['matched_by']}).")

@@ -178,7 +178,8 @@ def agreement_sentence(summary: dict) -> str:
     parts = []
     if summary.get("top10_shared_sae_vs_ablation") is not None:
         rho = summary.get("spearman_sae_vs_ablation")
-        parts.append(f"SAE top 10 vs ablation top 10: {summary['top10_shared_sae_vs_ablation']}/10 heads shared"
+        baseline = "activation patching" if summary["ablation"]["mode"] == "patch" else "mean ablation"
+        parts.append(f"SAE top 10 vs {baseline} top 10: {summary['top10_shared_sae_vs_ablation']}/10 heads shared"
                      + (f", Spearman {rho:.2f} over all heads" if rho is not None else ""))
     stable = summary.get("seed_stability")
     if stable:
