@@ -316,3 +316,21 @@ def test_shipped_smollm2_lens_beats_the_logit_lens(smollm):
     assert meta["data"]["train_positions_used"] >= 100_000
     assert "sampled from the model itself" in " ".join(meta["deviations"])
     assert meta["data"]["heldout"].startswith("abstracts[")
+
+
+def test_readme_lens_section_lists_the_recorded_longer_runs(smollm):
+    """The README's lens block sets the shipped lens beside every recorded run of the same model, read
+    from the shipped files (a record of another model is left out)."""
+    from analyses.lenses.results_tables import RUN_RECORDS, _budgets_tried
+
+    shipped = json.loads((shipped_lens_dir(smollm.fingerprint) / "lens.json").read_text())
+    records = [json.loads(p.read_text()) for p in sorted(RUN_RECORDS.glob("*.json"))]
+    assert records and all(r["fingerprint"] == smollm.fingerprint for r in records)
+    text = _budgets_tried(shipped)
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(lines) == 1 + 1 + len(records), text  # header, the shipped lens, one row per record
+    for r in records:
+        change = 100 * r["convergence"]["relative_change_last_20pct"]
+        assert f"{change:.2f} %" in text and f"{r['curve'][-1]['mean_kl']:.3f}" in text
+        assert r["settings"]["steps"] > shipped["settings"]["steps"]
+    assert _budgets_tried({**shipped, "fingerprint": "another-model"}) == ""

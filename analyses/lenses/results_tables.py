@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
+from workbench.paths import SAMPLE_DATA
 from workbench.reproduce import ReadmeTable, fmt, md_table
+
+#: lens.json records of longer training runs tried beside the shipped lens (the weights are not shipped)
+RUN_RECORDS = SAMPLE_DATA / "lenses" / "runs"
 
 #: abstracts 360..399 were never trained on: the shipped lens learnt from text sampled from the model itself
 #: (its training run monitored its held-out curve on abstracts 360..367)
@@ -34,6 +40,7 @@ def render_lenses(results) -> str:
         f"logit lens at **{wins} of {len(below)}** layers below the last.", "",
         md_table(["layer"] + [str(l) for l in layers], rows), "",
         _training_curve(res.summary.get("lens_training") or {}, res.summary.get("lens_heldout_kl") or {}), "",
+        _budgets_tried(res.summary.get("lens_training") or {}), "",
         "<details><summary>Every layer</summary>", "", full, "", "</details>"])
 
 
@@ -62,6 +69,34 @@ def _training_curve(training: dict, heldout_kl: dict) -> str:
     table = md_table(["step"] + [str(step) for step, _ in points],
                      [["mean held-out KL"] + [fmt(kl, 3) for _, kl in points]])
     return "\n".join([head + " " + verdict, "", table])
+
+
+def _budget_row(name: str, record: dict) -> list[str]:
+    settings, data, conv = record.get("settings") or {}, record.get("data") or {}, record.get("convergence") or {}
+    curve = record.get("curve") or [{}]
+    change = conv.get("relative_change_last_20pct")
+    return [name, f"{settings.get('steps')} × {settings.get('positions_per_step'):,}",
+            f"{data.get('train_texts'):,}", fmt(curve[-1].get("mean_kl"), 3),
+            f"{100 * change:.2f} % (from step {conv.get('from_step')})" if change is not None else "—",
+            "yes" if conv.get("converged") else "no"]
+
+
+def _budgets_tried(shipped: dict) -> str:
+    """The shipped lens beside the recorded longer runs of the same model (``RUN_RECORDS``)."""
+    fingerprint = shipped.get("fingerprint")
+    records = []
+    for path in sorted(RUN_RECORDS.glob("*.json")):
+        record = json.loads(path.read_text())
+        if record.get("fingerprint") == fingerprint:
+            records.append((f"`{path.relative_to(SAMPLE_DATA.parent)}`", record))
+    if not shipped or not records:
+        return ""
+    rows = [_budget_row("the shipped lens", shipped)] + [_budget_row(name, r) for name, r in records]
+    return "\n".join([
+        "Longer runs tried (same recipe, the same sampler for the corpus, the same held-out positions and rule; "
+        "their `lens.json` is kept, not their weights):", "",
+        md_table(["lens", "steps × positions", "texts", "final mean held-out KL", "change over the last 20 %",
+                  "converged"], rows)])
 
 
 TABLES = (ReadmeTable(
