@@ -101,6 +101,12 @@ def test_small_real_run(small_run):
     assert s["probe"]["dataset"] == "tiny-topics"  # 'auto' uses the run's labelled data
     assert s["retrieval"]["n_pairs"] == 8
     assert set(s["spearman_with_probe_accuracy"]) >= {"prompt_entropy", "dime"}
+    assert t["retrieval_mrr_se"].between(0, 1).all()
+    claim = s["intermediate_vs_last"]
+    assert claim["probe"]["best_layer"] == s["recommendation"]["best_layer"]
+    assert claim["retrieval"]["best"] == pytest.approx(t["retrieval_mrr"].max())
+    best_row = t.loc[t["layer"] == claim["retrieval"]["best_layer"]].iloc[0]
+    assert claim["retrieval"]["se"] == pytest.approx(best_row["retrieval_mrr_se"])
     rec = s["recommendation"]
     assert rec["criterion"] == "probe_accuracy" and rec["best_layer"] in t["layer"].tolist()
     assert rec["last_layer"] == model.n_layers

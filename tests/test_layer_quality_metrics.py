@@ -9,9 +9,10 @@ import scipy.linalg
 
 from analyses.layer_quality import metrics as M
 from analyses.layer_quality.augment import KEYBOARD_NEIGHBOURS, AugmentSettings, augment_texts
-from analyses.layer_quality.downstream import (metric_correlations, recommend_layer, retrieval_scores,
-                                               topic_probe)
+from analyses.layer_quality.downstream import (best_vs_last, metric_correlations, recommend_layer,
+                                               retrieval_scores, topic_probe)
 from workbench.errors import WorkbenchError
+from workbench.retrieval import mrr_standard_error, reciprocal_ranks
 
 
 def _orthonormal_rows(n, d, seed=0):
@@ -239,6 +240,13 @@ def test_retrieval_scores_closed_form():
     # a tie with the true document counts against it (query 0: rank 2; query 1: all-zero row, rank 3)
     Dt = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     assert retrieval_scores(Q, Dt, center=False) == pytest.approx((1 / 3, (1 / 2 + 1 / 3 + 1) / 3))
+    rr = reciprocal_ranks(Q, Dt, center=False)
+    np.testing.assert_allclose(rr, [1 / 2, 1 / 3, 1])
+    # sample std (ddof 1) of the reciprocal ranks over sqrt(N), by hand
+    m = (1 / 2 + 1 / 3 + 1) / 3
+    by_hand = np.sqrt(((1 / 2 - m) ** 2 + (1 / 3 - m) ** 2 + (1 - m) ** 2) / 2) / np.sqrt(3)
+    assert mrr_standard_error(rr) == pytest.approx(by_hand, rel=1e-12)
+    assert np.isnan(mrr_standard_error(np.array([1.0])))
 
 
 def test_topic_probe_separable_and_random():
@@ -269,3 +277,18 @@ def test_correlations_and_recommendation():
     assert rec["intermediate_beats_last"] and not rec["beats_last_beyond_one_se"]
     assert 5 in rec["within_one_se"] and "not a clear win" in rec["reason"]
     assert recommend_layer(t[["layer", "up"]])["best_layer"] is None
+
+
+def test_best_vs_last_uses_the_given_standard_error():
+    t = pd.DataFrame({"layer": range(4), "mrr": [0.2, 0.5, 0.45, 0.4], "se": [0.01, 0.05, 0.2, 0.01]})
+    v = best_vs_last(t, "mrr", "se")
+    assert v["best_layer"] == 1 and v["last_layer"] == 3 and v["gain"] == pytest.approx(0.1)
+    assert v["se"] == 0.05 and v["within_one_se"] == [1, 2] and v["beats_last_beyond_one_se"]
+    # the divisor (the probe's sqrt(k)) scales the best layer's spread: 0.05 * 4 / 2 = 0.1 reaches the last
+    v = best_vs_last(t.assign(se=t["se"] * 4), "mrr", "se", se_divisor=2.0)
+    assert v["se"] == pytest.approx(0.1) and 3 in v["within_one_se"]
+    assert v["intermediate_beats_last"] and not v["beats_last_beyond_one_se"]
+    # the last layer best: no claim; no standard error: only ties are "close"; no score: None
+    v = best_vs_last(t.assign(mrr=[0.1, 0.2, 0.3, 0.4]), "mrr")
+    assert v["best_layer"] == 3 and not v["intermediate_beats_last"] and v["within_one_se"] == [3]
+    assert best_vs_last(t, "missing") is None

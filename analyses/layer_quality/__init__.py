@@ -41,6 +41,7 @@ from workbench.analysis import AnalysisSpec, Param, RunContext, defaults_of, reg
 from workbench.data import TextDataset, load_dataset
 from workbench.errors import WorkbenchError
 from workbench.results import Result
+from workbench.retrieval import mrr_standard_error, reciprocal_ranks
 from workbench.stats.transform_params import TRANSFORM_PARAMS, layer_transform_for
 
 from . import results_tables
@@ -48,11 +49,12 @@ from . import results_tables
 from . import metrics
 from .augment import AugmentSettings, augment_texts
 from .core import METRIC_COLUMNS, METRIC_LABELS, POOLINGS, VECTOR_METRICS, layer_row, timed
-from .downstream import metric_correlations, recommend_layer, retrieval_scores, topic_probe
+from .downstream import best_vs_last, metric_correlations, recommend_layer, retrieval_scores, topic_probe
 from .metrics import CURVATURE_VARIANTS, ENTROPY_NORMALIZATIONS
 from .transformed import before_after, combine_hook, pooled, prompt_states, transformed_downstream
 
-DOWNSTREAM_COLUMNS = ("probe_accuracy", "probe_accuracy_std", "retrieval_recall_at_1", "retrieval_mrr")
+DOWNSTREAM_COLUMNS = ("probe_accuracy", "probe_accuracy_std", "retrieval_recall_at_1", "retrieval_mrr",
+                      "retrieval_mrr_se")
 
 DEFINITIONS = {
     "prompt_entropy": "mean over prompts of H_alpha of the trace-normalised Gram matrix of the prompt's "
@@ -68,6 +70,7 @@ DEFINITIONS = {
     "twonn": "TwoNN intrinsic dimension of the prompt vectors (workbench.stats.twonn)",
     "probe_accuracy": "k-fold cross-validated logistic-regression accuracy on mean-pooled states",
     "retrieval_mrr": "mean reciprocal rank of the true abstract for each title (cosine, per-set centred)",
+    "retrieval_mrr_se": "standard error of the MRR over queries (sample std of the reciprocal ranks / sqrt(N))",
 }
 
 
@@ -230,7 +233,9 @@ def _downstream(layer: int, hook: str, probe_set: tuple, retr_entries, lt, first
         with timed(timings, "pooling"):
             Q, D = (pooled(e, hook, p, first) for e in retr_entries)
         with timed(timings, "retrieval"):
-            row["retrieval_recall_at_1"], row["retrieval_mrr"] = retrieval_scores(Q, D)
+            rr = reciprocal_ranks(Q, D)
+            row["retrieval_recall_at_1"], row["retrieval_mrr"] = float(np.mean(rr == 1.0)), float(np.mean(rr))
+            row["retrieval_mrr_se"] = mrr_standard_error(rr)
         retrieval = (Q, D)
     row.update(transformed_downstream(lt, layer, probe, retrieval, p, seed, timings))
     return row
@@ -310,6 +315,11 @@ def _summary(table, p, ds, entry, aug_info, probe_ds, probe_labels, retr, timing
     if retr is not None:
         summary["retrieval"] = {"queries": retr[0].name, "documents": retr[1].name, "n_pairs": len(retr[1])}
     summary["recommendation"] = recommend_layer(table, probe_folds=int(p["probe_folds"]))
+    # the central claim of Skean et al.: an intermediate layer beats the last, on each downstream score
+    claim = {"probe": best_vs_last(table, "probe_accuracy", "probe_accuracy_std",
+                                   se_divisor=float(np.sqrt(int(p["probe_folds"])))),
+             "retrieval": best_vs_last(table, "retrieval_mrr", "retrieval_mrr_se")}
+    summary["intermediate_vs_last"] = {k: v for k, v in claim.items() if v is not None}
     return summary
 
 
@@ -335,8 +345,8 @@ def figure(result: Result):
     for k, col in enumerate(panels):
         r, c = k // ncols + 1, k % ncols + 1
         for model_name, group in table.groupby("model", sort=False):
-            err = dict(type="data", array=group["probe_accuracy_std"]) \
-                if col == "probe_accuracy" and "probe_accuracy_std" in group else None
+            spread = {"probe_accuracy": "probe_accuracy_std", "retrieval_mrr": "retrieval_mrr_se"}.get(col)
+            err = dict(type="data", array=group[spread]) if spread in group else None
             fig.add_trace(go.Scatter(x=group["layer"], y=group[col], mode="lines+markers", name=model_name,
                                      legendgroup=model_name, showlegend=k == 0, error_y=err,
                                      hovertemplate=f"layer %{{x}}<br>{METRIC_LABELS.get(col, col)} %{{y:.4g}}"

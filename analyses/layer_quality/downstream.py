@@ -4,6 +4,7 @@
 - :func:`retrieval_scores`: recall@1 and MRR of query -> document retrieval by cosine similarity
   (title -> abstract on the sample abstracts).
 - :func:`metric_correlations`: Spearman correlation of each metric with probe accuracy over layers.
+- :func:`best_vs_last`: does an intermediate layer beat the last beyond one standard error?
 - :func:`recommend_layer`: the best layer by a downstream score, with the reason in words.
 """
 
@@ -73,37 +74,63 @@ def metric_correlations(table: pd.DataFrame, target: str, metrics: list[str]) ->
     return out
 
 
+def best_vs_last(table: pd.DataFrame, col: str, se_col: str | None = None, *, layer_col: str = "layer",
+                 se_divisor: float = 1.0) -> dict | None:
+    """The paper's central question for one downstream score: does an intermediate layer beat the last?
+
+    ``col``: the score per layer (higher is better). The best layer's standard error is
+    ``table[se_col] / se_divisor`` (the probe's fold std / sqrt(k); the MRR's own standard error with
+    divisor 1), 0 without ``se_col``. Layers scoring within one standard error of the best are not
+    separated from it by the data; the best beats the last *beyond one standard error* only when the
+    last layer is not among them. None when the table has no finite ``col``.
+
+    Returns ``{"score", "best_layer", "best", "last_layer", "last", "gain", "se", "within_one_se",
+    "intermediate_beats_last", "beats_last_beyond_one_se"}``.
+    """
+    if col not in table or not table[col].notna().any():
+        return None
+    keep = [layer_col, col] + ([se_col] if se_col and se_col in table else [])
+    t = table[keep].dropna(subset=[col])
+    last = int(table[layer_col].max())
+    best_row = t.loc[t[col].idxmax()]
+    best, best_v = int(best_row[layer_col]), float(best_row[col])
+    last_rows = t[t[layer_col] == last]
+    last_v = float(last_rows[col].iloc[0]) if len(last_rows) else float("nan")
+    se = float(best_row[se_col]) / se_divisor if se_col and se_col in t else 0.0
+    close = [int(x) for x in t.loc[t[col] >= best_v - se, layer_col]]
+    beats = best != last and best_v > last_v
+    return {"score": col, "best_layer": best, "best": best_v, "last_layer": last, "last": last_v,
+            "gain": best_v - last_v, "se": se, "within_one_se": close, "intermediate_beats_last": bool(beats),
+            "beats_last_beyond_one_se": bool(beats and last not in close)}
+
+
 def recommend_layer(table: pd.DataFrame, *, layer_col: str = "layer", probe_folds: int = 5) -> dict:
     """Pick the best layer by topic-probe accuracy, else by retrieval MRR; say why.
 
     Returns ``{"best_layer", "criterion", "reason", "last_layer", "best_minus_last",
     "intermediate_beats_last", "beats_last_beyond_one_se", "within_one_se"}``. Layers whose mean
     accuracy is within one standard error (fold std / sqrt(k)) of the best are listed: the data do
-    not separate them; a best layer that beats the last by less than that is not called a clear win.
+    not separate them; a best layer that beats the last by less than that is not called a clear win
+    (:func:`best_vs_last`). The MRR fallback keeps its old rule (no standard error) so that a
+    recommendation made without a probe does not change meaning.
     """
     last = int(table[layer_col].max())
     for col, sd_col, label in (("probe_accuracy", "probe_accuracy_std", "topic-probe accuracy"),
                                ("retrieval_mrr", None, "title->abstract retrieval MRR")):
-        if col in table and table[col].notna().any():
-            t = table[[layer_col, col] + ([sd_col] if sd_col and sd_col in table else [])].dropna(subset=[col])
-            best_row = t.loc[t[col].idxmax()]
-            best, best_v = int(best_row[layer_col]), float(best_row[col])
-            last_rows = t[t[layer_col] == last]
-            last_v = float(last_rows[col].iloc[0]) if len(last_rows) else float("nan")
-            se = float(best_row[sd_col]) / np.sqrt(probe_folds) \
-                if sd_col and sd_col in t else 0.0
-            close = [int(x) for x in t.loc[t[col] >= best_v - se, layer_col]]
-            beats = best != last and best_v > last_v
-            clear = beats and last not in close
-            reason = (f"layer {best} has the highest {label} ({best_v:.3f}); the last layer ({last}) has "
-                      f"{last_v:.3f}" + (f", {best_v - last_v:+.3f}" if np.isfinite(last_v) else "") + ".")
-            if sd_col and len(close) > 1:
-                reason += f" Layers within one standard error of the best: {close}."
-            if beats and not clear and sd_col:
-                reason += " The gain over the last layer is within one standard error: not a clear win."
-            return {"best_layer": best, "criterion": col, "reason": reason, "last_layer": last,
-                    "best_minus_last": best_v - last_v, "intermediate_beats_last": bool(beats),
-                    "beats_last_beyond_one_se": bool(clear) if sd_col else None, "within_one_se": close}
+        v = best_vs_last(table, col, sd_col, layer_col=layer_col, se_divisor=float(np.sqrt(probe_folds)))
+        if v is None:
+            continue
+        best, best_v, last_v, close = v["best_layer"], v["best"], v["last"], v["within_one_se"]
+        reason = (f"layer {best} has the highest {label} ({best_v:.3f}); the last layer ({last}) has "
+                  f"{last_v:.3f}" + (f", {best_v - last_v:+.3f}" if np.isfinite(last_v) else "") + ".")
+        if sd_col and len(close) > 1:
+            reason += f" Layers within one standard error of the best: {close}."
+        if v["intermediate_beats_last"] and not v["beats_last_beyond_one_se"] and sd_col:
+            reason += " The gain over the last layer is within one standard error: not a clear win."
+        return {"best_layer": best, "criterion": col, "reason": reason, "last_layer": last,
+                "best_minus_last": best_v - last_v, "intermediate_beats_last": v["intermediate_beats_last"],
+                "beats_last_beyond_one_se": v["beats_last_beyond_one_se"] if sd_col else None,
+                "within_one_se": close}
     return {"best_layer": None, "criterion": None, "last_layer": last, "best_minus_last": None,
             "intermediate_beats_last": None, "beats_last_beyond_one_se": None, "within_one_se": [],
             "reason": "no labelled or paired data was given, and the unsupervised metrics alone do not "

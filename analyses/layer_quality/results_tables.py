@@ -18,9 +18,45 @@ def _shown_layers(t, best_layers):
     return sorted(picks)
 
 
+def _budget(res) -> str:
+    """The run's size in words, from its own summary and params."""
+    s, p = res.summary, res.params
+    aug = s.get("augmentation") or {}
+    aug_txt = (f"{aug['n_prompts']} × {aug['n_augmentations']} augmented" if aug.get("used") else "no augmentations")
+    pairs = (s.get("retrieval") or {}).get("n_pairs")
+    return f"{s['n_prompts']} prompts × {p['max_length']} tokens, {aug_txt}, {pairs} retrieval pairs"
+
+
+def _claim_cells(v: dict | None, digits: int = 3) -> list[str]:
+    if not v:
+        return ["—"] * 3
+    best = f"{v['best_layer']}: {fmt(v['best'], digits)} ± {fmt(v['se'], digits)}"
+    verdict = ("**yes**" if v["beats_last_beyond_one_se"] else
+               "within 1 SE" if v["intermediate_beats_last"] else "no: the last layer is best")
+    return [best, f"{v['last_layer']}: {fmt(v['last'], digits)}", f"{verdict} ({v['gain']:+.3f})"]
+
+
+def render_central_claim(results, jobs) -> str:
+    """Skean et al.'s claim (an intermediate layer beats the last), per run: probe and retrieval."""
+    rows = []
+    for job in jobs:
+        res = results[job]
+        claim = res.summary.get("intermediate_vs_last", {})
+        rows.append([f"`{job}`", _budget(res)] + _claim_cells(claim.get("probe")) + _claim_cells(claim.get("retrieval")))
+    header = ["run", "budget", "probe: best layer (acc. ± SE)", "probe: last layer", "probe: intermediate beats last?",
+              "retrieval: best layer (MRR ± SE)", "retrieval: last layer", "retrieval: intermediate beats last?"]
+    probes = {(r.summary.get("probe") or {}).get("n_texts") for r in (results[j] for j in jobs)}
+    probe_note = (f" The probe set is the same {probes.pop():,} labelled utterances in every run (all the labelled "
+                  "text shipped), so its columns cannot move with the budget." if len(probes) == 1 else "")
+    return "\n".join([
+        "**Does an intermediate layer beat the last?** (Skean et al.'s central claim.) SE: the probe's fold "
+        "standard deviation / √k; the MRR's standard error over queries. *Yes* means the best layer is not the "
+        "last and the last scores below the best by more than one SE." + probe_note, "", md_table(header, rows)])
+
+
 def render_layer_quality(results) -> str:
     rows, verdicts = [], []
-    for job in ("smollm2-135m", "minilm-l6", "smollm2-135m-position-0-left-out"):
+    for job in _TABLE_JOBS:
         res = results[job]
         t = res.table.set_index("layer")
         rec = res.summary.get("recommendation", {})
@@ -43,23 +79,31 @@ def render_layer_quality(results) -> str:
         verdicts.append(f"- **{job}**: {rec.get('reason', '')} Beats the last layer beyond one standard error: "
                         f"{'yes' if rec.get('beats_last_beyond_one_se') else 'no'}. {mrr}. Spearman with probe "
                         f"accuracy across layers: {rho_txt}.")
-    probe = results["smollm2-135m"].summary.get("probe", {})
+    first = results[_TABLE_JOBS[0]]
+    probe = first.summary.get("probe", {})
     header = ["model", "layer"] + [name for _, name, _ in COLUMNS]
     return "\n".join([
-        f"{results['smollm2-135m'].summary['n_prompts']} abstracts as prompts (128 tokens), augmentations of the "
-        f"first 32; probe: {probe.get('n_texts')} labelled `{probe.get('dataset')}` utterances, "
-        f"{probe.get('n_labels')} topics (majority baseline {probe.get('majority_baseline')}), "
-        f"{probe.get('folds')}-fold; retrieval: 200 titles → their abstracts. Bold: the best layer by probe and by MRR.",
-        "", md_table(header, rows), "", *verdicts])
+        f"{_budget(first)} (titles → their abstracts); probe: {probe.get('n_texts')} labelled "
+        f"`{probe.get('dataset')}` utterances, {probe.get('n_labels')} topics (majority baseline "
+        f"{probe.get('majority_baseline')}), {probe.get('folds')}-fold. Bold: the best layer by probe and by MRR.",
+        "", md_table(header, rows), "", *verdicts, "",
+        render_central_claim(results, [*_TABLE_JOBS[:2], *_LARGER])])
 
 
 _BASE = "workbench run layer_quality --data abstracts"
+_TABLE_JOBS = ("smollm2-135m", "minilm-l6", "smollm2-135m-position-0-left-out")
+# every abstract as a prompt and as a retrieval pair, twice the augmented prompts (the store holds all
+# token states of all layers: about 3.5 GB for smollm2-135m's 400 × 128 tokens)
+_LARGER_SET = "--set max_texts=400 --set aug_texts=64 --set retrieval_pairs=0"
+_LARGER = ("smollm2-135m-larger-budget", "minilm-l6-larger-budget")
 TABLES = (ReadmeTable(
     name="layer_quality", title="Layer-wise quality metrics beside probe and retrieval",
     jobs={"smollm2-135m": f"{_BASE} --model smollm2-135m",
           "minilm-l6": f"{_BASE} --model minilm-l6",
-          "smollm2-135m-position-0-left-out": f"{_BASE} --model smollm2-135m --set skip_first=true"},
-    render=render_layer_quality, minutes=45),)
+          "smollm2-135m-position-0-left-out": f"{_BASE} --model smollm2-135m --set skip_first=true",
+          "smollm2-135m-larger-budget": f"{_BASE} --model smollm2-135m {_LARGER_SET}",
+          "minilm-l6-larger-budget": f"{_BASE} --model minilm-l6 {_LARGER_SET}"},
+    render=render_layer_quality, minutes=75),)
 
 
 # ---- WhiteningBERT's claims on minilm-l6: whitening, and the first + last layer combination -----------------
