@@ -5,6 +5,7 @@ transform's probe and retrieval beside the untransformed ones; other models side
 import pandas as pd
 import streamlit as st
 
+from analyses.layer_quality.downstream import claim_sentence
 from workbench import compare, ui
 from workbench.stats.transform_params import transform_widgets
 
@@ -59,6 +60,8 @@ if result is not None:
         st.success(f"Recommended layer: **{rec['best_layer']}**. {rec['reason']}")
     elif rec:
         st.info(rec["reason"])
+    if s.get("intermediate_vs_last"):
+        st.caption(claim_sentence(s["intermediate_vs_last"]))
     ui.show_figure(result)
     transform = s.get("transform") or {}
     if transform.get("scores"):

@@ -8,6 +8,7 @@ import pytest
 from analyses.layer_quality import DEFAULTS, METRIC_COLUMNS
 from analyses.layer_quality import metrics as M
 from analyses.layer_quality.core import layer_row
+from analyses.layer_quality.downstream import claim_sentence
 from workbench.analysis import get_analysis, run_analysis
 from workbench.data import TextDataset
 from workbench.errors import WorkbenchError
@@ -107,6 +108,8 @@ def test_small_real_run(small_run):
     assert claim["retrieval"]["best"] == pytest.approx(t["retrieval_mrr"].max())
     best_row = t.loc[t["layer"] == claim["retrieval"]["best_layer"]].iloc[0]
     assert claim["retrieval"]["se"] == pytest.approx(best_row["retrieval_mrr_se"])
+    sentence = claim_sentence(claim)
+    assert sentence.startswith("Intermediate vs last layer. topic probe: layer ") and "retrieval MRR: layer" in sentence
     rec = s["recommendation"]
     assert rec["criterion"] == "probe_accuracy" and rec["best_layer"] in t["layer"].tolist()
     assert rec["last_layer"] == model.n_layers

@@ -102,7 +102,11 @@ def figure(result: Result):
     panels = [(c, t) for c, t in PANELS if c in table and table[c].notna().any()]
     ref = _reference(table)
     n = len(panels) + (ref is not None)
-    titles = [t for _, t in panels] + ([f"ROC of the SAE score vs the {ref[0]}"] if ref else [])
+    s = result.summary or {}
+    # the baseline that made the circuit: mean ablation or activation patching (ablation=patch)
+    baseline = "activation-patching" if (s.get("ablation") or {}).get("mode") == "patch" else "mean-ablation"
+    ref_name = None if ref is None else f"{baseline} circuit" if ref[0] == "ablation circuit" else ref[0]
+    titles = [t for _, t in panels] + ([f"ROC of the SAE score<br>vs the {ref_name}"] if ref else [])  # fits a panel
     fig = make_subplots(rows=1, cols=n, subplot_titles=titles, horizontal_spacing=0.13)
     for i, (col, title) in enumerate(panels, start=1):
         # one colour bar per panel, beside it: the panels measure different things
@@ -113,7 +117,7 @@ def figure(result: Result):
                       row=1, col=i)
         if ref is not None:
             sel = table[ref[1]]
-            fig.add_trace(go.Scatter(x=sel["head"], y=sel["layer"], mode="markers", name=ref[0], showlegend=i == 1,
+            fig.add_trace(go.Scatter(x=sel["head"], y=sel["layer"], mode="markers", name=ref_name, showlegend=i == 1,
                                      marker=dict(symbol="circle-open", size=10, line=dict(width=2, color="red"))),
                           row=1, col=i)
         # whole layers and heads only (the default ticks put half-layers between rows)
@@ -130,12 +134,11 @@ def figure(result: Result):
                                  showlegend=False, hoverinfo="skip"), row=1, col=n)
         fig.update_xaxes(title_text="false positive rate", range=[0, 1], row=1, col=n)
         fig.update_yaxes(title_text="true positive rate", range=[0, 1.02], row=1, col=n)
-    s = result.summary or {}
     parts = [f"task {s.get('task')}"]
-    for which in ("ablation", "ground_truth"):
+    for which, name in (("ablation", f"the {baseline} circuit"), ("ground_truth", "the ground truth")):
         block = s.get(f"vs_{which}")
         if block and block.get("node_roc_auc_mean") is not None:
-            parts.append(f"node ROC-AUC vs {which.replace('_', ' ')} {block['node_roc_auc_mean']:.3f}"
+            parts.append(f"node ROC-AUC vs {name} {block['node_roc_auc_mean']:.3f}"
                          f" ± {block['node_roc_auc_sd']:.3f}")
     fig.update_layout(title="; ".join(parts), height=440 + 8 * int(table["layer"].max()),
                       width=max(760, 430 * n), template="plotly_white",

@@ -104,6 +104,23 @@ def best_vs_last(table: pd.DataFrame, col: str, se_col: str | None = None, *, la
             "beats_last_beyond_one_se": bool(beats and last not in close)}
 
 
+_CLAIM_LABELS = {"probe": "topic probe", "retrieval": "retrieval MRR"}
+
+
+def claim_sentence(claim: dict) -> str:
+    """The summary's ``intermediate_vs_last`` in one line for the page: each score's best layer (± its
+    standard error) against the last layer, and the verdict."""
+    parts = []
+    for key, v in claim.items():
+        head = (f"{_CLAIM_LABELS.get(key, key)}: layer {v['best_layer']} {v['best']:.3f} ± {v['se']:.3f} vs the "
+                f"last layer ({v['last_layer']}) {v['last']:.3f}")
+        verdict = ("an intermediate layer beats the last beyond one standard error" if v["beats_last_beyond_one_se"]
+                   else "the gain is within one standard error" if v["intermediate_beats_last"]
+                   else "the last layer is best")
+        parts.append(f"{head}: {verdict}")
+    return "Intermediate vs last layer. " + "; ".join(parts) + "." if parts else ""
+
+
 def recommend_layer(table: pd.DataFrame, *, layer_col: str = "layer", probe_folds: int = 5) -> dict:
     """Pick the best layer by topic-probe accuracy, else by retrieval MRR; say why.
 
