@@ -92,7 +92,8 @@ PARAMS = {
     "refine_steps": Param(32, "proposer tokens in the refinement stage (0 or null = max_steps)", min=0,
                           nullable=True),
     "stages": Param(2, "1 = no refinement; s >= 2: s - 1 restarts, each prompted with the best text so far "
-                    "(the official experiment runs 5)", min=1),
+                    "(the official experiment runs 5); without randomness the search ends early where a restart's "
+                    "prompt repeats an earlier stage's (the best text did not change)", min=1),
     "threshold": Param(0.99, "stop early when the cosine reaches this (above 1 = never)", min=-1),
     "randomness": Param(False, "keep top 5 + seeded random beams"),
     "prompt": Param(STAGE1_PROMPT, "stage-1 instruction"),

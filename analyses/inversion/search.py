@@ -18,7 +18,9 @@ to the target. Per step, for every beam (all beams have the same number of gener
 
 Stage 2 restarts from an empty text with the prompt ``"write a sentence similar to this: {best}"``;
 every further stage (``stages`` > 2; the repo's experiment runs 5) restarts the same way from the best
-text so far (or the ``refine_pool`` best stage results, one per line). Unlike the repo, which returns
+text so far (or the ``refine_pool`` best stage results, one per line); without ``randomness`` a restart
+whose prompt was already run (the best text did not change) would repeat that stage exactly, so the
+search ends there. Unlike the repo, which returns
 the final beam's best, we return the best text scored at *any* step of any stage (shorter prefixes are
 valid texts), so the reported cosine never decreases over steps.
 
@@ -312,6 +314,7 @@ def invert(target: np.ndarray | torch.Tensor, proposer: Proposer, embedder: Embe
     t0 = time.time()
     best = ("", -2.0)
     result = InversionResult("", -2.0, 0, 0.0)
+    prompts_run: set[str] = set()
     for stage in range(1, cfg.stages + 1):
         if stage == 1:
             instruction, steps = cfg.prompt, cfg.max_steps
@@ -321,6 +324,11 @@ def invert(target: np.ndarray | torch.Tensor, proposer: Proposer, embedder: Embe
             instruction = cfg.refine_prompt.replace("{text}", refine_text(result.stage_texts, result.stage_cosines,
                                                                           cfg.refine_pool))
             steps = cfg.refine_steps or cfg.max_steps
+            if not cfg.randomness and instruction in prompts_run:
+                # the best text did not change, so this restart's prompt is one already run: without
+                # randomness the search is deterministic and would repeat that stage exactly
+                break
+        prompts_run.add(instruction)
         text, cos, hist, n_steps, n_emb = run_stage(proposer, embedder, target, instruction, cfg, rng, steps,
                                                     stage, best, callback)
         result.stage_texts.append(text)
