@@ -277,6 +277,24 @@ def test_greater_than_needs_two_digit_tokens():
         make_greater_than(_word_tokenizer(IOI_WORDS), 4)
 
 
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_greater_than_digit_level_on_tokenizers_that_split_numbers(name):
+    from analyses.circuits.tasks import make_greater_than
+    from workbench.models.loading import load_tokenizer
+
+    tok = load_tokenizer(name)
+    task = make_greater_than(tok, 30, seed=1)
+    digit = {tok.convert_tokens_to_ids(str(d)): d for d in range(10)}
+    assert task.paired_same_length and task.metric == "prob_diff" and "digit-level" in task.notes[0]
+    for text, ids, ((position, correct, wrong),) in zip(task.texts_positive, task.positive, task.targets):
+        tens = int(text.split("from the year ")[1][2])  # the start year's YY tens digit
+        assert position == len(ids) - 1 and 1 <= tens <= 8
+        assert sorted(digit[c] for c in correct) == list(range(tens + 1, 10))
+        assert sorted(digit[w] for w in wrong) == list(range(tens))
+    # the YY values run in turn from 10, as the paper's generator balances them
+    assert [t.split("from the year ")[1][2:4] for t in task.texts_positive[:3]] == ["10", "11", "12"]
+
+
 def test_induction_task_structure():
     from analyses.circuits.tasks import make_induction
 
@@ -428,3 +446,27 @@ def test_find_circuit_runs_on_tiny_model(tiny_model, store):
             for s in (summary, summary2)]
     assert hits == [(False, False), (True, True)]
     pd.testing.assert_frame_equal(table, again)
+
+
+def test_paper_size_table_renders_each_run_and_its_verdict():
+    from analyses.circuits.results_tables import finds_circuit, render_paper_size
+    from workbench.results import Result
+
+    def run(model, mode, auc, sd):
+        summary = {"task_description": "IOI: logit(IO) - logit(S).", "task_notes": ["names are single tokens"],
+                   "n_positive": 100, "seeds": [0, 1, 2, 3, 4], "model_shape": {"n_layers": 30, "n_heads": 9, "d_model": 576},
+                   "ablation": {"mode": mode, "clean_metric": 4.1, "negative_metric": 2.0, "circuit_threshold": 0.02,
+                                "n_examples": 100},
+                   "vs_ablation": {"n_reference_heads": 40, "node_roc_auc_mean": auc, "node_roc_auc_sd": sd},
+                   "spearman_sae_vs_ablation": 0.1, "spearman_sae_vs_ablation_per_seed": [0.05, 0.1, 0.2],
+                   "top10_shared_sae_vs_ablation": 2, "top10_shared_sae_vs_ablation_per_seed": [1, 2, 3],
+                   "seed_stability": {"top_k_shared_mean": 2.5, "top_k_shared_min": 1, "spearman_mean": 0.7}}
+        return Result("circuits", None, {}, summary, {"model": {"name": model}})
+
+    text = render_paper_size({"a": run("smollm2-135m", "mean", 0.55, 0.02), "b": run("gemma3-270m", "patch", 0.8, 0.05)})
+    lines = [l for l in text.splitlines() if l.startswith("| `")]
+    assert len(lines) == 2 and "mean ablation" in lines[0] and "activation patching" in lines[1]
+    assert lines[0].rstrip(" |").endswith("no") and lines[1].rstrip(" |").endswith("yes")
+    assert "100 prompts a side, 5 SAE seeds" in text and "Names are single tokens." in text
+    assert finds_circuit({"node_roc_auc_mean": 0.72, "node_roc_auc_sd": 0.05}) == "partly"
+    assert finds_circuit({"node_roc_auc_mean": None}) == "n/a"

@@ -165,3 +165,40 @@ def test_repeat_scores_from_store_equal_direct_forward(model, store):
     assert list(stored.columns) == ["layer", "head", *REPEAT_SCORES] and len(stored) == 8
     np.testing.assert_allclose(stored[list(REPEAT_SCORES)], direct[list(REPEAT_SCORES)], atol=1e-6)
     assert stored[list(REPEAT_SCORES)].to_numpy().min() >= 0 and stored[list(REPEAT_SCORES)].to_numpy().max() <= 1
+
+
+# ---- resuming a forward at a block from the clean residual -------------------------------------
+def test_resumed_forward_equals_the_full_forward(model):
+    bridge = model.bridge
+    positions = [[0, len(s) - 1] for s in SEQS]
+    residual = collect(bridge, SEQS, block_hooks("hook_resid_pre", 2), batch_size=3)
+    lengths = torch.tensor([len(s) for s in SEQS])
+    for layer in (0, 1):
+        name = f"blocks.{layer}.attn.hook_z"
+        means = per_position_mean(collect(bridge, SEQS, [name])[name], lengths)
+        hooks = [(name, mean_ablation_hook(2, means))]
+        full = forward_logits_at(bridge, SEQS, positions, batch_size=3, hooks=hooks)
+        resumed = forward_logits_at(bridge, SEQS, positions, batch_size=3, hooks=hooks,
+                                    resume=(layer, residual[f"blocks.{layer}.hook_resid_pre"]))
+        for a, b in zip(full, resumed):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    # the skipped blocks got their own forward back
+    assert not any("forward" in vars(block) for block in bridge.blocks)
+    with pytest.raises(WorkbenchError, match="collect it on the same prompts"):
+        forward_logits_at(bridge, SEQS, positions, resume=(1, residual["blocks.1.hook_resid_pre"][:2]))
+    with pytest.raises(WorkbenchError, match="no negative indices"):
+        forward_logits_at(bridge, SEQS, [[-1]] * len(SEQS))
+
+
+def test_blocks_skipped_restores_the_blocks_after_an_error(model):
+    from workbench.hooked import blocks_skipped
+
+    bridge = model.bridge
+    ids = torch.tensor([SEQS[0]])
+    before = bridge(ids)
+    with pytest.raises(RuntimeError, match="inside"):
+        with blocks_skipped(bridge, 2):
+            assert all("forward" in vars(block) for block in bridge.blocks)
+            raise RuntimeError("inside")
+    assert not any("forward" in vars(block) for block in bridge.blocks)
+    torch.testing.assert_close(bridge(ids), before, atol=0, rtol=0)

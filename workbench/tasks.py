@@ -204,11 +204,15 @@ GT_NOUNS = [
 
 
 def make_greater_than(tokenizer, n: int, seed: int = 0, prepend_bos: bool = True) -> Task:
+    """Greater-than prompts (Hanna et al. 2023): "The war lasted from the year 1732 to the year 17".
+
+    With a token for every two-digit number (GPT-2) the score is P(YY' > YY) - P(YY' <= YY) over the
+    two-digit tokens after the prompt, as the paper. A tokenizer that splits numbers into digits
+    (Llama 3, SmolLM2, Gemma) gets the digit-level variant (:func:`_greater_than_digits`).
+    """
     yy_ids = [single_token(tokenizer, f"{yy:02d}") for yy in range(100)]
     if any(i is None for i in yy_ids):
-        raise WorkbenchError(
-            "greater_than needs a tokenizer with a single token for every two-digit number 00..99 "
-            "(GPT-2 style); this tokenizer splits some of them. Use another task or a CSV task.")
+        return _greater_than_digits(tokenizer, n, seed, prepend_bos)
     rng = random.Random(seed)
     yy = 2
 
@@ -232,6 +236,46 @@ def make_greater_than(tokenizer, n: int, seed: int = 0, prepend_bos: bool = True
         n, draw, "Could not build greater-than prompts: years do not split as ' XX' + 'YY'.")
     return Task("greater_than", pos, neg, targets, "prob_diff",
                 "Greater-than: P(YY' > YY) - P(YY' <= YY) at the last position.", tp, tn)
+
+
+def _greater_than_digits(tokenizer, n: int, seed: int, prepend_bos: bool) -> Task:
+    """Greater-than for tokenizers that write numbers digit by digit: the next token after
+    "... to the year 17" is the end year's tens digit, so the score is P(tens digit > t) - P(tens
+    digit < t), ``t`` the tens digit of the start year's YY. The equal digit is left out (33 is
+    later than 32, 31 is not). YY runs over 10..89 in turn (``t`` = 1..8, so both sides have
+    digits); the negative prompt starts at YY = 01, as in the paper. A pair is kept only when the
+    prompt followed by YY tokenises as the prompt's tokens and then YY's two digits."""
+    digit_ids = [single_token(tokenizer, str(d)) for d in range(10)]
+    if any(i is None for i in digit_ids):
+        raise WorkbenchError(
+            "greater_than needs a tokenizer with a single token for every two-digit number 00..99 (GPT-2 "
+            "style) or for every digit 0..9; this one has neither. Use another task or a CSV task.")
+    rng = random.Random(seed)
+    yy = 10
+
+    def draw() -> Pair:
+        nonlocal yy
+        xx = rng.randint(12, 19)
+        noun = rng.choice(GT_NOUNS)
+        text_p = f"The {noun} lasted from the year {xx}{yy:02d} to the year {xx}"
+        text_n = f"The {noun} lasted from the year {xx}01 to the year {xx}"
+        ids_p, ids_n = encode(tokenizer, text_p, prepend_bos), encode(tokenizer, text_n, prepend_bos)
+        tens, ones = divmod(yy, 10)
+        digits_follow = encode(tokenizer, f"{text_p}{yy:02d}", prepend_bos) == ids_p + [digit_ids[tens], digit_ids[ones]]
+        yy = yy + 1 if yy < 89 else 10
+        if not digits_follow or len(ids_p) != len(ids_n):
+            return None
+        correct = [digit_ids[d] for d in range(tens + 1, 10)]
+        wrong = [digit_ids[d] for d in range(0, tens)]
+        return ids_p, ids_n, [(len(ids_p) - 1, correct, wrong)], text_p, text_n
+
+    pos, neg, targets, tp, tn = _draw_pairs(
+        n, draw, "Could not build greater-than prompts: the end year's digits do not follow the prompt as tokens.")
+    return Task("greater_than", pos, neg, targets, "prob_diff",
+                "Greater-than, digit level (this tokenizer splits numbers into digits): P(tens digit > YY's) - "
+                "P(tens digit < YY's) at the last position.", tp, tn,
+                notes=["digit-level greater-than: the tokenizer has no two-digit tokens, so the end year's tens "
+                       "digit is scored; the equal digit is left out"])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -93,6 +93,57 @@ def render_ioi(results) -> str:
                   enumerate(zip(s["top_heads_ablation"], p["top_heads_ablation"], s["top_heads_sae"]))])])
 
 
+def _paper_row(result) -> list:
+    """One run of a paper-size table: model, baseline, and the SAE ranking's agreement with it."""
+    s = result.summary
+    v, abl, stable = s["vs_ablation"], s["ablation"], s.get("seed_stability")
+    rhos = [r for r in s["spearman_sae_vs_ablation_per_seed"] if r is not None]
+    rho = f"**{fmt(s['spearman_sae_vs_ablation'], 2)}**" + (f" ({fmt(min(rhos), 2)} to {fmt(max(rhos), 2)})" if rhos else "")
+    shape = s["model_shape"]
+    return [f"`{result.manifest['model']['name']}` ({shape['n_layers']} × {shape['n_heads']})",
+            "activation patching" if abl["mode"] == "patch" else "mean ablation",
+            f"{fmt(abl['clean_metric'], 2)} / {fmt(abl['negative_metric'], 2)}",
+            str(v["n_reference_heads"]), _pm(v, "node_roc_auc"), rho,
+            f"{s['top10_shared_sae_vs_ablation']}/10 "
+            f"({', '.join(str(x) for x in s['top10_shared_sae_vs_ablation_per_seed'])})",
+            _stability_cell(stable), finds_circuit(v)]
+
+
+def finds_circuit(vs: dict) -> str:
+    """The plain answer for one run: does the SAE ranking find the baseline's circuit? Yes when the
+    node ROC-AUC stays above 0.7 one sd below its mean over seeds, no when its mean is under 0.6
+    (0.5 is chance), partly in between."""
+    mean, sd = vs.get("node_roc_auc_mean"), vs.get("node_roc_auc_sd") or 0.0
+    if mean is None:
+        return "n/a"
+    return "yes" if mean - sd > 0.7 else "no" if mean < 0.6 else "partly"
+
+
+def render_paper_size(results) -> str:
+    """Every model × baseline run of one task at the paper-size budget, one row each."""
+    first = next(iter(results.values())).summary
+    header = ["model (layers × heads)", "baseline", "clean / negative metric",
+              f"heads in the baseline's circuit (≥ {first['ablation']['circuit_threshold']} of the gap)",
+              "SAE node ROC-AUC vs that circuit (mean ± sd over seeds)",
+              "Spearman, SAE score (mean over seeds) vs head effects (range per seed)",
+              "top-10 heads shared with the baseline (per seed)",
+              "seed to seed: top-10 shared (least) / Spearman",
+              "finds the circuit? (yes: AUC − sd > 0.7; no: AUC < 0.6)"]
+    notes = f" {first['task_notes'][0][0].upper()}{first['task_notes'][0][1:]}." if first.get("task_notes") else ""
+    return "\n".join([
+        f"{first['task_description']} {first['n_positive']} prompts a side, {len(first['seeds'])} SAE seeds; the "
+        f"baseline ablates every head once over all {first['ablation']['n_examples']} positive prompts.{notes} (No "
+        "seconds here: these runs shared the machine; the performance table times both methods.)", "",
+        md_table(header, [_paper_row(r) for r in results.values()])])
+
+
+def _paper_jobs(task: str, n_examples: int = 100) -> dict[str, str]:
+    common = f"--set task={task} --set n_examples={n_examples} --set seeds=5 --set batch_size=50"
+    return {f"{short}-{mode}": f"workbench run circuits --model {model} {common}" + (
+                " --set ablation=patch" if mode == "patch" else "")
+            for short, model in (("smollm2", "smollm2-135m"), ("gemma3", "gemma3-270m")) for mode in ("mean", "patch")}
+
+
 _IOI = "workbench run circuits --model smollm2-135m --set task=ioi --set n_examples=16 --set seeds=5"
 _IND = "workbench run circuits --model attn-only-induction --set task=induction --set n_examples=250 --set seeds=5"
 TABLES = (
@@ -102,4 +153,12 @@ TABLES = (
     ReadmeTable(name="circuits_ioi", title="SAE circuit finding vs ablation on smollm2-135m, IOI",
                 jobs={"ioi": _IOI, "ioi-patch": f"{_IOI} --set ablation=patch"},
                 render=render_ioi, minutes=40),
+    ReadmeTable(name="circuits_paper_size", title="SAE circuit finding on IOI at 100 prompts a side, smollm2-135m and "
+                "gemma3-270m", jobs=_paper_jobs("ioi"), render=render_paper_size, minutes=35),
+    ReadmeTable(name="circuits_paper_size_greater_than", title="SAE circuit finding on greater-than at 100 prompts a "
+                "side, smollm2-135m and gemma3-270m", jobs=_paper_jobs("greater_than"), render=render_paper_size,
+                minutes=40),
+    ReadmeTable(name="circuits_paper_size_ioi_250", title="SAE circuit finding on IOI at the paper's 250 prompts a "
+                "side, smollm2-135m and gemma3-270m", jobs=_paper_jobs("ioi", 250), render=render_paper_size,
+                minutes=50),
 )
