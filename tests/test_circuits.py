@@ -466,7 +466,9 @@ def test_paper_size_table_renders_each_run_and_its_verdict():
     text = render_paper_size({"a": run("smollm2-135m", "mean", 0.55, 0.02), "b": run("gemma3-270m", "patch", 0.8, 0.05)})
     lines = [l for l in text.splitlines() if l.startswith("| `")]
     assert len(lines) == 2 and "mean ablation" in lines[0] and "activation patching" in lines[1]
-    assert lines[0].rstrip(" |").endswith("no") and lines[1].rstrip(" |").endswith("yes")
+    assert lines[0].rstrip(" |").endswith("no: poor") and lines[1].rstrip(" |").endswith("yes: excellent")
     assert "100 prompts a side, 5 SAE seeds" in text and "Names are single tokens." in text
-    assert finds_circuit({"node_roc_auc_mean": 0.72, "node_roc_auc_sd": 0.05}) == "partly"
+    assert finds_circuit({"node_roc_auc_mean": 0.72}) == "partly: acceptable"
+    assert finds_circuit({"node_roc_auc_mean": 0.9}) == "yes: outstanding"
+    assert finds_circuit({"node_roc_auc_mean": 0.6999}) == "no: poor"
     assert finds_circuit({"node_roc_auc_mean": None}) == "n/a"

@@ -110,13 +110,16 @@ def _paper_row(result) -> list:
 
 
 def finds_circuit(vs: dict) -> str:
-    """The plain answer for one run: does the SAE ranking find the baseline's circuit? Yes when the
-    node ROC-AUC stays above 0.7 one sd below its mean over seeds, no when its mean is under 0.6
-    (0.5 is chance), partly in between."""
-    mean, sd = vs.get("node_roc_auc_mean"), vs.get("node_roc_auc_sd") or 0.0
-    if mean is None:
+    """The plain answer for one run, from the mean node ROC-AUC over seeds against the baseline's
+    circuit, on Hosmer and Lemeshow's scale (Applied Logistic Regression, 2000: 0.5 no discrimination,
+    below 0.7 poor, 0.7-0.8 acceptable, 0.8-0.9 excellent, 0.9 and above outstanding)."""
+    auc = vs.get("node_roc_auc_mean")
+    if auc is None:
         return "n/a"
-    return "yes" if mean - sd > 0.7 else "no" if mean < 0.6 else "partly"
+    for bound, grade in ((0.9, "yes: outstanding"), (0.8, "yes: excellent"), (0.7, "partly: acceptable")):
+        if auc >= bound:
+            return grade
+    return "no: poor"
 
 
 def render_paper_size(results) -> str:
@@ -128,7 +131,8 @@ def render_paper_size(results) -> str:
               "Spearman, SAE score (mean over seeds) vs head effects (range per seed)",
               "top-10 heads shared with the baseline (per seed)",
               "seed to seed: top-10 shared (least) / Spearman",
-              "finds the circuit? (yes: AUC − sd > 0.7; no: AUC < 0.6)"]
+              "finds the circuit? (ROC-AUC grade: below 0.7 poor, 0.7–0.8 acceptable, 0.8–0.9 excellent, ≥ 0.9 "
+              "outstanding)"]
     notes = f" {first['task_notes'][0][0].upper()}{first['task_notes'][0][1:]}." if first.get("task_notes") else ""
     return "\n".join([
         f"{first['task_description']} {first['n_positive']} prompts a side, {len(first['seeds'])} SAE seeds; the "
