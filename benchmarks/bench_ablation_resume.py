@@ -11,7 +11,7 @@ must be equal (the maximum absolute difference is printed).
 Run (2-core CPU)::
 
     .venv/bin/python benchmarks/bench_ablation_resume.py [--models smollm2-135m gemma3-270m]
-        [--task ioi] [--n-examples 16] [--mode mean] [--threads 2]
+        [--task ioi] [--n-examples 16] [--mode mean] [--threads 2] [--device auto] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-examples", type=int, default=16, help="positive prompts (and as many negatives)")
     ap.add_argument("--mode", default="mean", choices=("mean", "patch"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (both runs use the same)")
+    ap.add_argument("--dtype", default="float32")
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args(argv)
 
@@ -45,7 +47,7 @@ def main(argv=None) -> int:
     print("| model | heads | full forwards | resumed | speed-up | max abs difference of the effects |")
     print("|---|---|---|---|---|---|")
     for name in args.models:
-        m = load_model(name, device="cpu", dtype="float32")
+        m = load_model(name, device=args.device, dtype=args.dtype)
         task = make_task(args.task, m.tokenizer, args.n_examples, seed=0)
         runs = {}
         for resume in (False, True):

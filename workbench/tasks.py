@@ -203,6 +203,15 @@ GT_NOUNS = [
 ]
 
 
+def _greater_than_texts(rng: random.Random, yy: int) -> tuple[int, str, str]:
+    """A century ``xx`` (12..19), and the positive prompt (start year ``xx yy``) and the negative one
+    (start year ``xx 01``), both ending "to the year {xx}"."""
+    xx = rng.randint(12, 19)
+    noun = rng.choice(GT_NOUNS)
+    return (xx, f"The {noun} lasted from the year {xx}{yy:02d} to the year {xx}",
+            f"The {noun} lasted from the year {xx}01 to the year {xx}")
+
+
 def make_greater_than(tokenizer, n: int, seed: int = 0, prepend_bos: bool = True) -> Task:
     """Greater-than prompts (Hanna et al. 2023): "The war lasted from the year 1732 to the year 17".
 
@@ -218,10 +227,7 @@ def make_greater_than(tokenizer, n: int, seed: int = 0, prepend_bos: bool = True
 
     def draw() -> Pair:
         nonlocal yy
-        xx = rng.randint(12, 19)
-        noun = rng.choice(GT_NOUNS)
-        text_p = f"The {noun} lasted from the year {xx}{yy:02d} to the year {xx}"
-        text_n = f"The {noun} lasted from the year {xx}01 to the year {xx}"
+        xx, text_p, text_n = _greater_than_texts(rng, yy)
         ids_p, ids_n = encode(tokenizer, text_p, prepend_bos), encode(tokenizer, text_n, prepend_bos)
         year_ok = tokenizer(f" {xx}{yy:02d}", add_special_tokens=False)["input_ids"] == \
             [single_token(tokenizer, f" {xx}"), yy_ids[yy]]
@@ -255,10 +261,7 @@ def _greater_than_digits(tokenizer, n: int, seed: int, prepend_bos: bool) -> Tas
 
     def draw() -> Pair:
         nonlocal yy
-        xx = rng.randint(12, 19)
-        noun = rng.choice(GT_NOUNS)
-        text_p = f"The {noun} lasted from the year {xx}{yy:02d} to the year {xx}"
-        text_n = f"The {noun} lasted from the year {xx}01 to the year {xx}"
+        xx, text_p, text_n = _greater_than_texts(rng, yy)
         ids_p, ids_n = encode(tokenizer, text_p, prepend_bos), encode(tokenizer, text_n, prepend_bos)
         tens, ones = divmod(yy, 10)
         digits_follow = encode(tokenizer, f"{text_p}{yy:02d}", prepend_bos) == ids_p + [digit_ids[tens], digit_ids[ones]]
