@@ -472,3 +472,19 @@ def test_paper_size_table_renders_each_run_and_its_verdict():
     assert finds_circuit({"node_roc_auc_mean": 0.9}) == "yes: outstanding"
     assert finds_circuit({"node_roc_auc_mean": 0.6999}) == "no: poor"
     assert finds_circuit({"node_roc_auc_mean": None}) == "n/a"
+
+
+def test_figure_names_the_baseline_that_made_the_effects():
+    """The middle heatmap holds mean-ablation effects or patching effects; its title says which."""
+    from analyses.circuits import figure
+    from workbench.results import Result
+
+    table = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "sae_score": [0.1, 0.9, 0.2, 0.4],
+                          "ablation_effect": [0.0, 0.5, 0.1, 0.3], "in_ablation_circuit": [False, True, False, True]})
+    titles = {}
+    for mode in ("mean", "patch"):
+        fig = figure(Result("circuits", table, {}, {"task": "ioi", "ablation": {"mode": mode}}))
+        titles[mode] = [a.text for a in fig.layout.annotations]
+    assert "ablation effect (metric drop)" in titles["mean"] and "patching effect (metric drop)" in titles["patch"]
+    assert not any("ablation effect" in t for t in titles["patch"])
+    assert any("activation-patching circuit" in t for t in titles["patch"])

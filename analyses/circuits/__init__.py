@@ -99,12 +99,14 @@ def figure(result: Result):
     """Layer × head heatmaps (SAE node score, ablation effect, induction score), each with its own
     colour bar, the reference heads marked, and the ROC curve of the SAE score against the reference."""
     table = result.table
-    panels = [(c, t) for c, t in PANELS if c in table and table[c].notna().any()]
-    ref = _reference(table)
-    n = len(panels) + (ref is not None)
     s = result.summary or {}
     # the baseline that made the circuit: mean ablation or activation patching (ablation=patch)
-    baseline = "activation-patching" if (s.get("ablation") or {}).get("mode") == "patch" else "mean-ablation"
+    patching = (s.get("ablation") or {}).get("mode") == "patch"
+    baseline = "activation-patching" if patching else "mean-ablation"
+    panels = [(c, "patching effect (metric drop)" if patching and c == "ablation_effect" else t)
+              for c, t in PANELS if c in table and table[c].notna().any()]
+    ref = _reference(table)
+    n = len(panels) + (ref is not None)
     ref_name = None if ref is None else f"{baseline} circuit" if ref[0] == "ablation circuit" else ref[0]
     titles = [t for _, t in panels] + ([f"ROC of the SAE score<br>vs the {ref_name}"] if ref else [])  # fits a panel
     fig = make_subplots(rows=1, cols=n, subplot_titles=titles, horizontal_spacing=0.13)
