@@ -176,6 +176,9 @@ def test_analysis_run_table(tiny, store):
                 "seconds", "layer"):
         assert col in table
     assert summary["output"]["mean_cosine"] == pytest.approx(table[table.layer == -1]["cosine"].mean())
+    # the arithmetic "auto" resolved to on this machine is recorded beside the request
+    from analyses.inversion.precision import resolve_precision
+    assert summary["arithmetic"] == {"search": resolve_precision("auto"), "requested": "auto"}
 
 
 # ------------------------------------------------------------------------------------- inputs

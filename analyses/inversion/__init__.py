@@ -233,7 +233,11 @@ def run(ctx: RunContext, proposer_model=None, step_callback=None):
     table = pd.DataFrame(rows)
     if ctx.vectors is not None:
         table["exact_match"] = table["exact_match"].astype("boolean")
-    return table, _summary(table, len(targets), layers, model.name, p["proposer"], ctx.vectors is not None)
+    summary = _summary(table, len(targets), layers, model.name, p["proposer"], ctx.vectors is not None)
+    # ``auto`` depends on the hardware, and near-ties among candidates can break differently under
+    # bf16: the arithmetic actually used is part of what makes the result reproducible
+    summary["arithmetic"] = {"search": proposer.precision, "requested": precision}
+    return table, summary
 
 
 def figure(result: Result) -> go.Figure:
