@@ -5,35 +5,14 @@ from __future__ import annotations
 
 import copy
 import weakref
-from functools import lru_cache
-from pathlib import Path
 
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.hardware import native_bf16
 
 #: the search's arithmetic: fp32, bf16, or auto (bf16 where the hardware does bf16 natively)
 PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def native_bf16(device: torch.device | str = "cpu") -> bool:
-    """Whether ``device`` runs bf16 matmuls natively: a CUDA GPU with bf16, or a CPU whose flags
-    list ``avx512_bf16`` or ``amx_bf16`` (Linux ``/proc/cpuinfo``; elsewhere False)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if device.type != "cpu":
-        return False
-    return _cpu_bf16()
-
-
-@lru_cache(maxsize=1)
-def _cpu_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="ignore")
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:

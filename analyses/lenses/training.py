@@ -42,7 +42,7 @@ RECIPE = {"optimizer": "SGD", "nesterov": True, "momentum": 0.9, "lr": 0.1, "sch
 TRAIN_DEFAULTS = {"max_texts": 1500, "max_length": 128, "steps": 150, "positions_per_step": 1024,
                   "heldout_data": "abstracts[360:376]", "heldout_texts": 8, "heldout_positions": 512,
                   "eval_every": 10, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3, "grad_clip": 1.0,
-                  "autocast": "bfloat16", "seed": 0, "checkpoint_every": 5}
+                  "autocast": "auto", "seed": 0, "checkpoint_every": 5}
 #: a lens is converged when its held-out KL moved by less than this over the last 20 % of the steps
 CONVERGED_CHANGE = 0.02
 
