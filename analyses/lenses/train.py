@@ -75,21 +75,25 @@ def train_command_hint(model_name: str) -> str:
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
-def _settings(overrides: dict, device="cpu") -> dict:
-    """The defaults with ``overrides``; ``autocast="auto"`` becomes ``bfloat16`` where ``device`` does
-    bf16 natively, else ``none`` (emulated bf16 is about 24x slower than fp32 on an AVX2-only CPU:
-    :mod:`workbench.hardware`), so the settings recorded with a lens say what ran."""
-    from workbench.hardware import native_bf16
-
+def _settings(overrides: dict) -> dict:
     settings = {**TRAIN_DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
     unknown = set(settings) - set(TRAIN_DEFAULTS)
     if unknown:
         raise WorkbenchError(f"Unknown training setting(s) {sorted(unknown)}; known: {sorted(TRAIN_DEFAULTS)}.")
     if settings["autocast"] not in ("auto", "bfloat16", "float16", "none"):
         raise WorkbenchError(f"autocast must be auto, bfloat16, float16 or none; got {settings['autocast']!r}.")
-    if settings["autocast"] == "auto":
-        settings["autocast"] = "bfloat16" if native_bf16(device) else "none"
     return settings
+
+
+def _resolve_autocast(settings: dict, device) -> dict:
+    """``autocast="auto"`` becomes ``bfloat16`` where ``device`` (the one the lens trains on) does bf16
+    natively, else ``none`` (emulated bf16 is about 24x slower than fp32 on an AVX2-only CPU:
+    :mod:`workbench.hardware`), so the settings recorded with a lens say what ran."""
+    from workbench.hardware import native_bf16
+
+    if settings["autocast"] != "auto":
+        return settings
+    return {**settings, "autocast": "bfloat16" if native_bf16(device) else "none"}
 
 
 def _states(model, dataset, settings: dict, store, progress) -> dict:
@@ -132,7 +136,7 @@ def train_tuned_lens(model, dataset, *, out_dir: Path | None = None, progress=No
     """
     from workbench.store import ActivationStore
 
-    settings = _settings(overrides, getattr(model, "input_device", "cpu"))
+    settings = _settings(overrides)
     if model.kind != "decoder":
         raise WorkbenchError(f"A tuned lens needs a decoder-only model; {model.name} is a {model.kind}.")
     torch.manual_seed(int(settings["seed"]))
@@ -142,6 +146,7 @@ def train_tuned_lens(model, dataset, *, out_dir: Path | None = None, progress=No
     folder = Path(out_dir) if out_dir is not None else lens_dir(model.fingerprint)
     folder.mkdir(parents=True, exist_ok=True)
     unembed = Unembed.from_model(model)
+    settings = _resolve_autocast(settings, unembed.device)
     L = len(run["hooks"]) - 1
     lens = TunedLens(L, unembed.d_model).to(unembed.device)
     opt, sched = optimizer(lens, settings)
