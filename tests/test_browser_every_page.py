@@ -38,7 +38,7 @@ RUN_SECONDS = 600  # per page: a run, or waiting for one to finish
 
 
 @pytest.mark.parametrize("path,title,draws", PAGES, ids=[p[0] or "Home" for p in PAGES])
-def test_every_page_runs_its_defaults_in_a_browser(served_app, path, title, draws):
+def test_every_page_runs_its_defaults_in_a_browser(served_app, tmp_path, path, title, draws):
     url, _ = served_app
     name = path or "Home"
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -51,15 +51,18 @@ def test_every_page_runs_its_defaults_in_a_browser(served_app, path, title, draw
             settle(page)
             if draws:
                 # the page's first primary button (Run, Invert, Train / evaluate); pages that run on load have none
-                run = page.locator("[data-testid='stBaseButton-primary']")
-                if run.count():
+                # (a visible one: a button in a tab that is not shown, such as Geometry's 2-D map, does not count)
+                run = page.locator("[data-testid='stBaseButton-primary']:visible")
+                if page.locator("[data-testid='stBaseButton-primary']").count():
                     _press(page, run.first)
                 page.locator(".js-plotly-plot").first.wait_for(timeout=RUN_SECONDS * 1000)
                 # the figure is drawn; give the rest of the run two minutes to end, then take the screenshot
                 settle(page, seconds=120, required=False)
-        except Exception:
+                if page.get_by_text("Resuming the run you started").count():
+                    print(f"{name}: a rerun interrupted the run and it resumed (a dropped connection?)")
+        except Exception as exc:
             page.screenshot(path=str(SHOTS / f"{name}_failed.png"), full_page=True)
-            raise
+            raise AssertionError(f"{name}: {type(exc).__name__}\n{_diagnosis(page, tmp_path)}") from exc
         page.screenshot(path=str(shot), full_page=True)
         errors = [t.strip()[:300] for t in page.locator(
             "[data-testid='stException'], [data-testid='stAlertContentError']").all_inner_texts()]
@@ -70,13 +73,27 @@ def test_every_page_runs_its_defaults_in_a_browser(served_app, path, title, draw
     assert pixels.std() > 10, f"the {name} screenshot is blank"
 
 
+def _diagnosis(page, tmp_path) -> str:
+    """What a failed page showed and what its server printed (``served_app`` logs to ``tmp_path``)."""
+    try:
+        state = page.locator("[data-testid='stApp']").get_attribute("data-test-script-state", timeout=5_000)
+        shown = page.locator("[data-testid='stException'], [data-testid='stAlertContainer'], "
+                             "[data-testid='stCaptionContainer']").all_inner_texts()
+    except Exception as exc:  # the page itself is gone
+        state, shown = f"unreadable ({exc.__class__.__name__})", []
+    log = tmp_path / "streamlit.log"
+    tail = log.read_text(errors="replace")[-3000:] if log.is_file() else "(no server log)"
+    return (f"script state: {state}\nshown: {[t.strip()[:200] for t in shown]}\n"
+            f"server log (tail):\n{tail}")
+
+
 def _press(page, button) -> None:
     """Click ``button`` until a script run starts. Clicks that started no run were seen while the
     server's output went to a pipe nobody read (a server blocked on a write; see ``served_app``);
     the retry stays as a guard."""
     started = "[data-testid='stApp'][data-test-script-state='running'], .js-plotly-plot"
     for attempt in range(3):
-        button.click()
+        button.click(timeout=120_000)
         try:
             page.locator(started).first.wait_for(state="attached", timeout=20_000)
             return

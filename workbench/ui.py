@@ -303,10 +303,19 @@ def run(analysis: str, params: dict, choice: dict, button_label: str = "Run", au
                      choice.get("vectors"), params)
     # with auto=True the analysis reruns whenever its inputs change: a button would only repeat that
     clicked = False if auto else st.button(button_label, type="primary", key=f"run_{analysis}")
+    # A button is True for one script run only. A rerun that lands while the analysis runs (the R key, a
+    # widget outside its parameters, a websocket reconnect on a loaded machine) stops that script run, and
+    # the next one would forget the press and show an idle page. The press is kept until its run ends.
+    pending = ss.setdefault("_pending_runs", {})
+    if clicked:
+        pending[analysis] = key
     if key not in results:
-        if not (clicked or auto):
+        resuming = not clicked and pending.get(analysis) == key
+        if not (clicked or auto or resuming):
             st.info("Set the parameters, then press **Run**.")
             return None
+        if resuming:
+            st.caption("Resuming the run you started (a page rerun interrupted it); stored activations are reused.")
         if choice.get("model") is None and choice.get("vectors") is None:
             st.warning("Pick a model (or vectors) in the sidebar.")
             return None
@@ -314,7 +323,12 @@ def run(analysis: str, params: dict, choice: dict, button_label: str = "Run", au
             st.warning(choice["mismatch"] + " Pick another model or dataset, or tick below to run anyway.")
             st.checkbox("Run anyway", key=f"insist@{analysis}")
             return None
-        result = _run_with_progress(analysis, params, choice, models, on_step, run_analysis, run_many)
+        try:
+            result = _run_with_progress(analysis, params, choice, models, on_step, run_analysis, run_many)
+        except Exception:  # a failed run is not retried by the next rerun; Streamlit's stop/rerun are BaseExceptions
+            pending.pop(analysis, None)
+            raise
+        pending.pop(analysis, None)
         if result is None:
             return None
         results[key] = result
