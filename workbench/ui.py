@@ -303,9 +303,10 @@ def run(analysis: str, params: dict, choice: dict, button_label: str = "Run", au
                      choice.get("vectors"), params)
     # with auto=True the analysis reruns whenever its inputs change: a button would only repeat that
     clicked = False if auto else st.button(button_label, type="primary", key=f"run_{analysis}")
-    # A button is True for one script run only. A rerun that lands while the analysis runs (the R key, a
-    # widget outside its parameters, a websocket reconnect on a loaded machine) stops that script run, and
-    # the next one would forget the press and show an idle page. The press is kept until its run ends.
+    # A button is True for one script run only. A rerun that lands while the analysis runs (a widget outside
+    # its parameters, the rerun Streamlit does after a websocket reconnect on a loaded machine) stops that
+    # script run, and the next one would forget the press and show an idle page. The press is kept until
+    # its run ends. (The R key does not count: Streamlit ignores it while a script runs.)
     pending = ss.setdefault("_pending_runs", {})
     if clicked:
         pending[analysis] = key
