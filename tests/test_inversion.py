@@ -495,3 +495,25 @@ def test_quality_push_table_names_the_best_setting_and_the_target():
     assert "reached on general-english" in text and "| 0.750 | 0.150 | 3.0 |" in text
     results["beam-30/general-english"] = result([0.9, 0.9], [0.3, 0.3])
     assert "not reached by any setting" in render_inversion_quality(results)
+
+
+def test_full_set_table_runs_every_sentence_of_both_sets():
+    """The full-set table's jobs carry no ``max_items`` (every sentence), one per setting and set, and its
+    text says it covers all the sentences."""
+    import pandas as pd
+
+    from analyses.inversion.results_tables import FULL_SET_SETTINGS, SETS, TABLES, render_inversion_full_sets
+    from workbench.results import Result
+
+    table = {t.name: t for t in TABLES}["inversion_full_sets"]
+    assert set(table.jobs) == {f"{s}/{n}" for s in FULL_SET_SETTINGS for n in SETS}
+    assert not any("max_items" in command for command in table.jobs.values())
+    assert "--set beam_width=30 --set top_k=30" in table.jobs["beam-30/general-english"]
+    assert "max_items=5" in {t.name: t for t in TABLES}["inversion_quality"].jobs["beam-30/general-english"]
+    results = {job: Result("inversion", pd.DataFrame({"cosine": [0.8] * 3, "token_f1": [0.2] * 3,
+                                                      "seconds": [1.0] * 3}), {}) for job in table.jobs}
+    text = render_inversion_full_sets(results)
+    assert text.startswith("All 3 sentences of each set,") and text.count("\n| ") == 1 + len(FULL_SET_SETTINGS)
+    for r in results.values():
+        r.summary["arithmetic"] = {"search": "bf16", "requested": "auto"}
+    assert render_inversion_full_sets(results).startswith("All 3 sentences of each set (search arithmetic: bf16),")
