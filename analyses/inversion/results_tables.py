@@ -114,5 +114,5 @@ TABLES = TABLES + (
     ReadmeTable(name="inversion_quality", title="Inversion: pushing quality (beams, steps, restarts, proposer)",
                 jobs=_push_jobs(PUSH_SETTINGS, PUSH_ITEMS), render=render_inversion_quality, minutes=60),
     ReadmeTable(name="inversion_full_sets", title="Inversion: the best settings on every sentence of both sets",
-                jobs=_push_jobs(FULL_SET_SETTINGS, None), render=render_inversion_full_sets, minutes=95),
+                jobs=_push_jobs(FULL_SET_SETTINGS, None), render=render_inversion_full_sets, minutes=105),
 )
