@@ -517,3 +517,10 @@ def test_full_set_table_runs_every_sentence_of_both_sets():
     for r in results.values():
         r.summary["arithmetic"] = {"search": "bf16", "requested": "auto"}
     assert render_inversion_full_sets(results).startswith("All 3 sentences of each set (search arithmetic: bf16),")
+    results["beam-30/general-english"] = Result("inversion", pd.DataFrame(
+        {"cosine": [0.9] * 5 + [0.8], "token_f1": [0.5] * 5 + [0.0], "seconds": [1.0] * 6}), {})
+    results["default/general-english"] = Result("inversion", pd.DataFrame(
+        {"cosine": [0.7] * 6, "token_f1": [0.1] * 6, "seconds": [1.0] * 6}), {})
+    text = render_inversion_full_sets(results)
+    assert ("- `general-english`: with B = K = 30 (the paper's), 5 of 6 sentences reach cosine 0.85. On its "
+            "first 5 sentences alone: the defaults cosine 0.700, F1 0.100; B = K = 30 cosine 0.900, F1 0.500.") in text
