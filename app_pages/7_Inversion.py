@@ -58,6 +58,8 @@ widgets = {
     "layers": dict(container=below, key="inv_layers",
                    label="Layers (empty = sentence embedding; 'all', or e.g. 0,3,6 = mean-pooled hidden states)"),
     "randomness": dict(container=below, label="Random beams (keep top 5 + a seeded random sample)", key="inv_rand"),
+    "penalize_prompt": dict(container=below, label="Repetition penalty covers the prompt (the official code's; off: "
+                            "a refinement may reuse the words of the text it rewrites)", key="inv_penprompt"),
     "prompt": dict(container=below, label="Stage-1 instruction", key="inv_prompt"),
     "refine_prompt": dict(container=below, label="Refinement instruction ({text} = the best text(s) so far)",
                           key="inv_rprompt", disabled=not refine),

@@ -148,6 +148,29 @@ def test_repetition_penalty_and_topk_topp_closed_form():
     assert valid.all()
 
 
+@pytest.mark.parametrize("penalize_prompt", [True, False])
+def test_the_penalty_covers_the_prompt_only_when_asked(tiny, monkeypatch, penalize_prompt):
+    """The official code penalises the prompt's tokens too; ``penalize_prompt=False`` penalises only the
+    generated ones (none at the first step), so a restart may reuse the words of its prompt's text."""
+    import analyses.inversion.search as search
+
+    proposer, embedder = tiny
+    prop, emb = Proposer(proposer, precision="fp32"), Embedder(embedder, precision="fp32")
+    seen: list[torch.Tensor] = []
+    real = search.apply_repetition_penalty
+    monkeypatch.setattr(search, "apply_repetition_penalty", lambda lg, ctx, pen: (seen.append(ctx), real(lg, ctx, pen))[1])
+    cfg = _cfg(stages=1, max_steps=3, penalize_prompt=penalize_prompt)
+    prompt = prop.prompt_ids(cfg.prompt)
+    target = emb.encode(["the cat sat on a mat."])[0].numpy()
+    invert(target, prop, emb, cfg)
+    n_prompt = prompt.shape[1]
+    if penalize_prompt:  # every step: the prompt, then the t generated tokens
+        assert [c.shape[1] for c in seen] == [n_prompt, n_prompt + 1, n_prompt + 2]
+        assert all(torch.equal(c[:, :n_prompt], prompt.expand(len(c), -1)) for c in seen)
+    else:  # step 0 has nothing to penalise; then only what the beams generated
+        assert [c.shape[1] for c in seen] == [1, 2]
+
+
 def test_layer_embedder_is_masked_mean(tiny):
     _, embedder = tiny
     emb = Embedder(embedder, precision="fp32", layer=1)
@@ -481,16 +504,16 @@ def test_quality_push_table_names_the_best_setting_and_the_target():
     paper's target (cosine >= 0.85 and token F1 >= 0.4) is reached, from the jobs' result tables."""
     import pandas as pd
 
-    from analyses.inversion.results_tables import PUSH_SETTINGS, SETS, render_inversion_quality
+    from analyses.inversion.results_tables import QUALITY_SETTINGS, SETS, render_inversion_quality
     from workbench.results import Result
 
     def result(cos, f1):
         return Result("inversion", pd.DataFrame({"cosine": cos, "token_f1": f1, "seconds": [2.0, 4.0]}), {})
 
-    results = {f"{s}/{n}": result([0.7, 0.8], [0.1, 0.2]) for s in PUSH_SETTINGS for n in SETS}
+    results = {f"{s}/{n}": result([0.7, 0.8], [0.1, 0.2]) for s in QUALITY_SETTINGS for n in SETS}
     results["beam-30/general-english"] = result([0.9, 0.9], [0.5, 0.3])
     text = render_inversion_quality(results)
-    assert text.count("\n| ") == 1 + len(PUSH_SETTINGS)  # the header + one row per setting
+    assert text.count("\n| ") == 1 + len(QUALITY_SETTINGS)  # the header + one row per setting
     assert "`general-english`: best cosine 0.900 (F1 0.400) with B = K = 30" in text
     assert "reached on general-english" in text and "| 0.750 | 0.150 | 3.0 |" in text
     results["beam-30/general-english"] = result([0.9, 0.9], [0.3, 0.3])
@@ -524,3 +547,29 @@ def test_full_set_table_runs_every_sentence_of_both_sets():
     text = render_inversion_full_sets(results)
     assert ("- `general-english`: with B = K = 30 (the paper's), 5 of 6 sentences reach cosine 0.85. On its "
             "first 5 sentences alone: the defaults cosine 0.700, F1 0.100; B = K = 30 cosine 0.900, F1 0.500.") in text
+
+
+def test_prompt_penalty_table_runs_both_settings_on_every_sentence():
+    """The penalty table: the defaults and ``penalize_prompt=false`` on every sentence of both sets, and
+    per set the sentences each brings to the paper's cosine; the CLI flag reaches the search config."""
+    import pandas as pd
+
+    from analyses.inversion import PARAMS, _config
+    from analyses.inversion.results_tables import SETS, TABLES, render_inversion_prompt_penalty
+    from workbench.results import Result
+
+    table = {t.name: t for t in TABLES}["inversion_prompt_penalty"]
+    assert set(table.jobs) == {f"{s}/{n}" for s in ("default", "no-prompt-penalty") for n in SETS}
+    assert not any("max_items" in command for command in table.jobs.values())
+    assert table.jobs["no-prompt-penalty/abstract-sentences"].endswith("--set penalize_prompt=false")
+    assert "penalize_prompt" not in table.jobs["default/abstract-sentences"]
+    params = {k: p.default for k, p in PARAMS.items()}
+    assert params["penalize_prompt"] is True and _config(params, 0).penalize_prompt is True
+    assert _config({**params, "penalize_prompt": False}, 0).penalize_prompt is False
+    results = {job: Result("inversion", pd.DataFrame({"cosine": [0.8, 0.86, 0.9], "token_f1": [0.2] * 3,
+                                                      "seconds": [1.0] * 3}), {}) for job in table.jobs}
+    results["no-prompt-penalty/general-english"].table["cosine"] = [0.9, 0.9, 0.9]
+    text = render_inversion_prompt_penalty(results)
+    assert text.startswith("All 3 sentences of each set,") and text.count("\n| ") == 3
+    assert ("- `general-english`: sentences at cosine ≥ 0.85: 2 of 3 with the defaults, 3 of 3 without the "
+            "prompt's penalty.") in text

@@ -88,6 +88,9 @@ PARAMS = {
     "top_k": Param(10, "proposals per beam (K)", min=1),
     "top_p": Param(1.0, "nucleus cut inside top-k (1 = plain top-k)", min=0, max=1, closed="right"),
     "repetition_penalty": Param(1.5, "CTRL penalty over prompt + generated tokens", min=0, closed="neither"),
+    "penalize_prompt": Param(True, "the repetition penalty also covers the prompt's tokens (the official code's); "
+                             "false: only the generated ones, so a restart may reuse the words of the text it "
+                             "paraphrases"),
     "max_steps": Param(32, "proposer tokens in stage 1", min=1),
     "refine_steps": Param(32, "proposer tokens in the refinement stage (0 or null = max_steps)", min=0,
                           nullable=True),
@@ -139,7 +142,8 @@ def check_vectors(vectors: np.ndarray, embedder: Embedder, check_norms: bool = T
 def _config(params: dict, seed: int) -> SearchConfig:
     return SearchConfig(
         beam_width=int(params["beam_width"]), top_k=int(params["top_k"]), top_p=float(params["top_p"]),
-        repetition_penalty=float(params["repetition_penalty"]), max_steps=int(params["max_steps"]),
+        repetition_penalty=float(params["repetition_penalty"]),
+        penalize_prompt=bool(params.get("penalize_prompt", True)), max_steps=int(params["max_steps"]),
         refine_steps=int(params["refine_steps"]) if params.get("refine_steps") else None,
         stages=int(params["stages"]), threshold=float(params["threshold"]), randomness=bool(params["randomness"]),
         prompt=str(params["prompt"]), refine_prompt=str(params["refine_prompt"]),

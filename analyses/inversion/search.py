@@ -7,8 +7,9 @@ to the target. Per step, for every beam (all beams have the same number of gener
 
 1. next-token logits from the proposer (one batched forward of the ``B`` newest tokens on the shared,
    per-beam KV cache; the prompt prefix is run once and its cache expanded to the beams);
-2. CTRL repetition penalty over every token in the context, prompt included: positive logits are
-   divided by ``repetition_penalty``, negative ones multiplied;
+2. CTRL repetition penalty over every token in the context, prompt included (``penalize_prompt``,
+   the repo's; off: the generated tokens only): positive logits are divided by
+   ``repetition_penalty``, negative ones multiplied;
 3. banned tokens (newlines, quotes, ``@``, NBSP, special/added tokens, EOS) get -1e10; EOS is never
    chosen, so each stage produces at most ``max_steps`` proposer tokens;
 4. proposals = top-k ∩ top-p of the softmax;
@@ -116,13 +117,16 @@ class SearchConfig:
     ``{text}``, replaced at the start of each stage after the first by the best text so far or, with
     ``refine_pool = n > 1``, by the ``n`` best distinct stage results so far (best first), one per
     line: a zero-shot stand-in for the paper's trained correction stage, which reads several
-    candidates.
+    candidates. ``penalize_prompt=False`` (a deviation) penalises only the generated tokens: the
+    repo's penalty also covers the prompt, so a restart is pushed away from the lower-case words of the
+    very text it is asked to paraphrase.
     """
 
     beam_width: int = 10
     top_k: int = 10
     top_p: float = 1.0
     repetition_penalty: float = 1.5
+    penalize_prompt: bool = True  # the repo's: the penalty covers the prompt's tokens too
     max_steps: int = 32
     refine_steps: int | None = None  # None: max_steps
     stages: int = 2
@@ -249,8 +253,9 @@ def run_stage(proposer: Proposer, embedder: Embedder, target: torch.Tensor, inst
     steps_run = 0
     for t in range(steps):
         steps_run = t + 1
-        ctx = torch.cat([prompt.expand(len(beams), -1), torch.tensor(beams, dtype=torch.long).view(len(beams), t)], 1)
-        lg = apply_repetition_penalty(logits, ctx, pen)
+        generated = torch.tensor(beams, dtype=torch.long).view(len(beams), t)
+        ctx = torch.cat([prompt.expand(len(beams), -1), generated], 1) if cfg.penalize_prompt else generated
+        lg = apply_repetition_penalty(logits, ctx, pen) if ctx.shape[1] else logits
         lg = lg.masked_fill(banned[: lg.shape[1]].unsqueeze(0), -1e10)
         top_ids, valid = propose(lg, cfg.top_k, cfg.top_p)
         cand_beam, cand_tok, texts, seen = [], [], [], {}
