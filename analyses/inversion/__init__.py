@@ -87,7 +87,7 @@ PARAMS = {
     "beam_width": Param(10, "beams kept per step (B)", min=1),
     "top_k": Param(10, "proposals per beam (K)", min=1),
     "top_p": Param(1.0, "nucleus cut inside top-k (1 = plain top-k)", min=0, max=1, closed="right"),
-    "repetition_penalty": Param(1.5, "CTRL penalty over prompt + generated tokens", min=0, closed="neither"),
+    "repetition_penalty": Param(1.5, "CTRL penalty over prompt + generated tokens (generated only: penalize_prompt=false)", min=0, closed="neither"),
     "penalize_prompt": Param(True, "the repetition penalty also covers the prompt's tokens (the official code's); "
                              "false: only the generated ones, so a restart may reuse the words of the text it "
                              "paraphrases"),
