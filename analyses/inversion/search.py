@@ -118,8 +118,8 @@ class SearchConfig:
     ``refine_pool = n > 1``, by the ``n`` best distinct stage results so far (best first), one per
     line: a zero-shot stand-in for the paper's trained correction stage, which reads several
     candidates. ``penalize_prompt=False`` (a deviation) penalises only the generated tokens: the
-    repo's penalty also covers the prompt, so a restart is pushed away from the lower-case words of the
-    very text it is asked to paraphrase.
+    repo's penalty also covers the prompt, so a restart is pushed away from the very tokens of the text
+    it is asked to paraphrase.
     """
 
     beam_width: int = 10
