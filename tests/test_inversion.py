@@ -549,27 +549,33 @@ def test_full_set_table_runs_every_sentence_of_both_sets():
             "first 5 sentences alone: the defaults cosine 0.700, F1 0.100; B = K = 30 cosine 0.900, F1 0.500.") in text
 
 
-def test_prompt_penalty_table_runs_both_settings_on_every_sentence():
-    """The penalty table: the defaults and ``penalize_prompt=false`` on every sentence of both sets, and
-    per set the sentences each brings to the paper's cosine; the CLI flag reaches the search config."""
+def test_prompt_penalty_table_runs_its_settings_on_every_sentence():
+    """The penalty table: the defaults, ``penalize_prompt=false``, and ``penalize_prompt=false`` with 3
+    restarts on every sentence of both sets, and per set the sentences each brings to the paper's cosine;
+    the CLI flag reaches the search config."""
     import pandas as pd
 
     from analyses.inversion import PARAMS, _config
-    from analyses.inversion.results_tables import SETS, TABLES, render_inversion_prompt_penalty
+    from analyses.inversion.results_tables import QUALITY_SETTINGS, SETS, TABLES, render_inversion_prompt_penalty
     from workbench.results import Result
 
     table = {t.name: t for t in TABLES}["inversion_prompt_penalty"]
-    assert set(table.jobs) == {f"{s}/{n}" for s in ("default", "no-prompt-penalty") for n in SETS}
+    settings = ("default", "no-prompt-penalty", "no-prompt-penalty-restarts-3")
+    assert set(table.jobs) == {f"{s}/{n}" for s in settings for n in SETS}
     assert not any("max_items" in command for command in table.jobs.values())
-    assert table.jobs["no-prompt-penalty/abstract-sentences"].endswith("--set penalize_prompt=false")
+    assert table.jobs["no-prompt-penalty/abstract-sentences"].endswith(" --set penalize_prompt=false")
+    assert table.jobs["no-prompt-penalty-restarts-3/abstract-sentences"].endswith(
+        " --set stages=4 --set penalize_prompt=false")
     assert "penalize_prompt" not in table.jobs["default/abstract-sentences"]
+    assert not any("no-prompt-penalty" in s for s in QUALITY_SETTINGS)  # the 5-sentence table keeps its rows
     params = {k: p.default for k, p in PARAMS.items()}
     assert params["penalize_prompt"] is True and _config(params, 0).penalize_prompt is True
     assert _config({**params, "penalize_prompt": False}, 0).penalize_prompt is False
     results = {job: Result("inversion", pd.DataFrame({"cosine": [0.8, 0.86, 0.9], "token_f1": [0.2] * 3,
                                                       "seconds": [1.0] * 3}), {}) for job in table.jobs}
     results["no-prompt-penalty/general-english"].table["cosine"] = [0.9, 0.9, 0.9]
+    results["no-prompt-penalty-restarts-3/general-english"].table["cosine"] = [0.7, 0.7, 0.9]
     text = render_inversion_prompt_penalty(results)
-    assert text.startswith("All 3 sentences of each set,") and text.count("\n| ") == 3
+    assert text.startswith("All 3 sentences of each set,") and text.count("\n| ") == 4
     assert ("- `general-english`: sentences at cosine ≥ 0.85: 2 of 3 with the defaults, 3 of 3 without the "
-            "prompt's penalty.") in text
+            "prompt's penalty, 1 of 3 without it and with 3 restarts.") in text
