@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from analyses.lenses.analysis import heatmap, lens_table, layer_means
-from analyses.lenses.core import TunedLens, Unembed, final_logprobs, lens_logits, stats_from_logprobs
+from analyses.lenses.core import (TunedLens, Unembed, final_logprobs, layers_kl_to_final, lens_logits,
+                                  stats_from_logprobs)
 from analyses.lenses.train import (find_lens, load_lens, safe_name, save_lens, shipped_lens_dir,
                                    train_tuned_lens)
 from workbench.analysis import run_analysis
@@ -214,6 +215,46 @@ def test_tuned_lens_analysis_without_a_lens_says_how_to_train(tiny, store, monke
         run_analysis("tuned_lens", model=tiny, data=TextDataset.from_texts(TEXTS[:1]), store=store)
 
 
+# ---- the training loss, chunked over positions with its gradient in closed form --------------------
+def _plain_kl(logits, logp_final):
+    """The official loop's loss written out: mean over positions of Σ p_L (log p_L − log_softmax(z))."""
+    return (logp_final.exp() * (logp_final - torch.log_softmax(logits.float(), -1))).sum(-1).mean()
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_chunked_layer_kl_equals_the_plain_loss_and_its_autograd(tiny, with_bias):
+    base = Unembed.from_model(tiny)
+    torch.manual_seed(0)
+    bias = torch.randn(base.d_vocab) if with_bias else None
+    unembed = Unembed(base.norm, base.W_U, bias)
+    K, N = 3, 37  # 37 positions in chunks of 8: the last chunk is short
+    h = torch.randn(K + 1, N, unembed.d_model) * 3
+    with torch.no_grad():
+        x0 = torch.stack([unembed.norm(h[k]) for k in range(K)])
+        x_final = unembed.norm(h[K])
+        logp_final = torch.log_softmax(unembed(h[K]), -1)
+
+    def plain(x, low_precision):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low_precision):
+            logits = [x[k] @ unembed.W_U for k in range(K)]  # what autocast does to lens(h)'s matmul
+        return torch.stack([_plain_kl(z.float() + (0 if bias is None else bias), logp_final) for z in logits])
+
+    for dtype, rtol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+        x, x_ref = x0.clone().requires_grad_(True), x0.clone().requires_grad_(True)
+        ours = layers_kl_to_final(unembed, x, x_final, dtype, chunk=8)
+        ref = plain(x_ref, dtype == torch.bfloat16)
+        (ours * torch.arange(1.0, K + 1)).sum().backward()  # a weighted sum: backward scales each layer
+        (ref * torch.arange(1.0, K + 1)).sum().backward()
+        torch.testing.assert_close(ours, ref.detach(), rtol=rtol, atol=1e-6)
+        for k in range(K):
+            err = float((x.grad[k] - x_ref.grad[k]).norm() / x_ref.grad[k].norm())
+            assert err < (1e-5 if dtype == torch.float32 else 1e-2), (dtype, k, err)
+    # without a gradient it only measures (the held-out KL): same numbers
+    with torch.no_grad():
+        torch.testing.assert_close(layers_kl_to_final(unembed, x0, x_final, chunk=5), plain(x0, False), rtol=1e-5,
+                                   atol=1e-6)
+
+
 # ---- training, saving, resuming ------------------------------------------------------------------
 TRAIN = dict(max_texts=6, heldout_data="", heldout_texts=2, max_length=16, steps=4, positions_per_step=4,
              heldout_positions=8, eval_every=2, checkpoint_every=2, seed=3)
@@ -264,6 +305,18 @@ def test_training_rejects_impossible_budgets(tiny, store, tmp_path):
     with pytest.raises(WorkbenchError, match="positions"):
         train_tuned_lens(tiny, TextDataset.from_texts(TEXTS), out_dir=tmp_path, store=store,
                          **{**TRAIN, "steps": 1000})
+    with pytest.raises(WorkbenchError, match="store_dtype must be float32 or float16"):
+        train_tuned_lens(tiny, TextDataset.from_texts(TEXTS), out_dir=tmp_path, store=store,
+                         **{**TRAIN, "store_dtype": "int8"})
+
+
+def test_training_states_in_float16_are_recorded_and_held_out_stays_float32(tiny, store, tmp_path):
+    meta = train_tuned_lens(tiny, TextDataset.from_texts(TEXTS), out_dir=tmp_path, store=store,
+                            **{**TRAIN, "store_dtype": "float16"})
+    assert meta["settings"]["store_dtype"] == "float16"
+    assert any("float16" in d for d in meta["deviations"])
+    assert store.open(meta["data"]["cache_key"]).meta["dtype"] == "float16"  # the training states
+    assert meta["heldout_kl"]["tuned_lens"][-1] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_train_lens_cli_is_registered():

@@ -49,7 +49,9 @@ class Unembed(torch.nn.Module):
         super().__init__()
         self.norm = norm
         self.W_U = W_U.detach().float()  # on the model's device: the lens computes where the model runs
-        self.b_U = None if b_U is None else b_U.detach().float().to(self.W_U.device)
+        b_U = None if b_U is None else b_U.detach().float().to(self.W_U.device)
+        # a bias of zeros (the bridge gives one to models without) adds nothing but a pass over the logits
+        self.b_U = None if b_U is None or not bool(b_U.any()) else b_U
 
     @classmethod
     def from_model(cls, model) -> "Unembed":
@@ -72,6 +74,17 @@ class Unembed(torch.nn.Module):
     @property
     def device(self) -> torch.device:
         return self.W_U.device
+
+    def weight_as(self, dtype: torch.dtype, transposed: bool = False) -> torch.Tensor:
+        """``W_U [D, V]`` (or ``W_Uᵀ [V, D]``, contiguous) in ``dtype``: a copy made once per layout and
+        dtype, for the lens's chunked matmuls."""
+        if dtype == self.W_U.dtype and not transposed:
+            return self.W_U
+        cache = self.__dict__.setdefault("_weight_copies", {})
+        if (dtype, transposed) not in cache:
+            weight = self.W_U.to(dtype)
+            cache[(dtype, transposed)] = (weight.T if transposed else weight).contiguous()
+        return cache[(dtype, transposed)]
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         z = self.norm(h.float().to(self.device)).float() @ self.W_U
@@ -158,11 +171,87 @@ def stats_from_logprobs(logp: torch.Tensor, logp_final: torch.Tensor, target: to
                       topk_ids=top_ids.cpu().numpy(), topk_probs=top_lp.exp().cpu().numpy())
 
 
-def kl_to_final(logits: torch.Tensor, logp_final: torch.Tensor) -> torch.Tensor:
-    """Mean over positions of KL(p_L || softmax(logits)) in nats (the tuned-lens training loss)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    p_final = logp_final.exp()
-    return (p_final * (logp_final - logp)).sum(-1).mean()
+class _LayersKLToFinal(torch.autograd.Function):
+    """Per-layer mean KL(p_L || softmax(x_k W_U + b_U)) and its gradient in ``x``, chunked over positions.
+
+    The tuned-lens loss ``mean_n Σ_v p_L (log p_L − log softmax z)`` on ``unembed`` logits ``z``, with the vocabulary axis never held for
+    more than ``chunk`` positions. Per chunk, the model's own distribution ``p_L`` is computed once and
+    shared by every layer, with ``Σ_v p_L(v) log p_L(v)`` and ``u = p_L W_Uᵀ``; then per layer
+
+    - ``KL = Σ p_L log p_L − Σ p_L z + logsumexp z``, where ``Σ_v p_L(v) z_v = x·u + p_L·b_U`` (no pass
+      over the vocabulary) and ``logsumexp z = max z − log max q`` (read off the softmax ``q``, whose
+      largest entry is ``1 / Σ exp(z − max z)``: no second ``exp`` pass);
+    - the gradient in closed form while the chunk's logits are at hand, ``∂KL/∂z = q − p_L``, so
+      ``∂/∂x = (q − p_L) W_Uᵀ`` (the identity fused cross-entropy kernels use): nothing of size
+      ``positions × V`` survives into backward.
+
+    ``W_c`` / ``W_cT`` are ``W_U`` and its transpose in the dtype of the two per-layer matmuls. In
+    bfloat16 this is what ``torch.autocast(dtype=bfloat16)`` does to the official loop's ``lens(h)``:
+    bf16 inputs, logits rounded to bf16, softmax in fp32, the logit gradient rounded to bf16 for the
+    backward matmul; only the reported loss's ``Σ p_L z`` uses unrounded logits. In float32 it is
+    exact. ``p_L`` is always fp32, as the model's own output is.
+    """
+
+    @staticmethod
+    def forward(ctx, x, x_final, W_U, b_U, W_c, W_cT, chunk):  # autograd's signature
+        n_layers, n = x.shape[0], x.shape[1]
+        want_grad = ctx.needs_input_grad[0]
+        sums = torch.zeros(n_layers, dtype=torch.float64, device=x.device)
+        grad = torch.empty_like(x) if want_grad else None
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            z_final = x_final[start:stop] @ W_U
+            if b_U is not None:
+                z_final += b_U
+            logp_final = torch.log_softmax(z_final, dim=-1)
+            del z_final
+            p_final = logp_final.exp()
+            neg_entropy = torch.linalg.vecdot(p_final, logp_final)  # Σ p_L log p_L
+            del logp_final
+            u = p_final @ W_U.T  # [c, D]: Σ_v p_L(v) z_v = x·u (+ p_L·b_U)
+            p_bias = 0.0 if b_U is None else p_final @ b_U
+            for k in range(n_layers):
+                x_k = x[k, start:stop]
+                z = x_k.to(W_c.dtype) @ W_c
+                if b_U is not None:
+                    z = z.float() + b_U
+                q = torch.softmax(z, dim=-1, dtype=torch.float32)
+                lse = z.amax(dim=-1).float() - q.amax(dim=-1).log()  # argmax z = argmax q
+                del z
+                kl = neg_entropy - (torch.linalg.vecdot(x_k, u) + p_bias) + lse
+                sums[k] += kl.sum(dtype=torch.float64)
+                if want_grad:
+                    q -= p_final
+                    grad[k, start:stop] = (q.to(W_c.dtype) @ W_cT).float()
+                del q
+        if want_grad:
+            grad /= n
+            ctx.save_for_backward(grad)
+        return (sums / n).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_losses.to(grad.dtype)[:, None, None], None, None, None, None, None, None
+
+
+#: positions per chunk of :func:`layers_kl_to_final`: on a 2-core CPU, 1,024 positions × 30 layers of
+#: SmolLM2 take 7.6 s (forward and gradient, bf16) at 128, 9.3 s at 64 or 256
+KL_CHUNK = 128
+
+
+def layers_kl_to_final(unembed: Unembed, x: torch.Tensor, x_final: torch.Tensor,
+                       compute_dtype: torch.dtype = torch.float32, chunk: int = KL_CHUNK) -> torch.Tensor:
+    """Mean KL(p_L || p_k) in nats per layer, ``[K]`` (differentiable in ``x``).
+
+    ``x [K, N, D]``: the *normalised* states of K layers (``unembed.norm`` already applied, so autograd
+    sees the norm and any translator before it); ``x_final [N, D]``: the normalised last-layer states,
+    whose logits are the model's own. See :class:`_LayersKLToFinal` for the chunking and the gradient.
+    """
+    device = unembed.device
+    return _LayersKLToFinal.apply(x.float().to(device), x_final.float().to(device), unembed.W_U, unembed.b_U,
+                                  unembed.weight_as(compute_dtype), unembed.weight_as(compute_dtype, transposed=True),
+                                  int(chunk))
 
 
 def n_chunks(n: int, chunk: int = CHUNK) -> int:

@@ -82,6 +82,8 @@ def _settings(overrides: dict) -> dict:
         raise WorkbenchError(f"Unknown training setting(s) {sorted(unknown)}; known: {sorted(TRAIN_DEFAULTS)}.")
     if settings["autocast"] not in ("auto", "bfloat16", "float16", "none"):
         raise WorkbenchError(f"autocast must be auto, bfloat16, float16 or none; got {settings['autocast']!r}.")
+    if settings["store_dtype"] not in ("float32", "float16"):
+        raise WorkbenchError(f"store_dtype must be float32 or float16; got {settings['store_dtype']!r}.")
     return settings
 
 
@@ -100,10 +102,17 @@ def _states(model, dataset, settings: dict, store, progress) -> dict:
     """Training and held-out states from the store, and the positions of each (seeded)."""
     from workbench.data import load_dataset
 
+    from workbench.store import ActivationStore
+
     seed = int(settings["seed"])
     hooks = model.resid_hooks()
     ds = dataset.subset(int(settings["max_texts"]))
-    entry = store.get_or_extract(model, ds, hooks, max_length=int(settings["max_length"]), progress=progress)
+    # store_dtype=float16 halves the training states on disk (a large corpus then stays in the page cache);
+    # the held-out states are read from ``store`` as it is (float32 by default)
+    train_store = (store if settings["store_dtype"] == store.dtype
+                   else ActivationStore(root=store.root, max_bytes=store.max_bytes, shard_bytes=store.shard_bytes,
+                                     dtype=settings["store_dtype"], batch_tokens=store.batch_tokens))
+    entry = train_store.get_or_extract(model, ds, hooks, max_length=int(settings["max_length"]), progress=progress)
     rng = np.random.default_rng(seed + 1)
     if settings["heldout_data"]:
         held_ds = load_dataset(settings["heldout_data"]).subset(int(settings["heldout_texts"]))
@@ -214,7 +223,10 @@ def _lens_meta(model, run, settings, unembed, logit_heldout, tuned_heldout, log,
             (f"corpus: {ds.name}, text sampled from the model itself at temperature 1 from varied short openers, "
              "instead of the Pile" if sampled else f"corpus: '{ds.name}' instead of the Pile")
             + f"; sequences of at most {settings['max_length']} tokens instead of 2048",
-        ] + ([] if settings["autocast"] == "bfloat16" else [f"autocast {settings['autocast']} instead of bfloat16"]),
+        ] + ([] if settings["autocast"] == "bfloat16" else [f"autocast {settings['autocast']} instead of bfloat16"])
+        + ([] if settings["store_dtype"] == "float32" else
+           [f"training states read from the activation store in {settings['store_dtype']} (the model's own "
+            "float32 states rounded once; held-out states stay float32)"]),
         "heldout_kl": {"layer": list(range(len(run["hooks"]))), "logit_lens": logit_heldout, "tuned_lens": tuned_heldout},
         "curve": log["curve"], "convergence": convergence(log["curve"], steps), "losses": log["losses"],
         "timings": {"extract_s": round(t_extract, 1), "train_s": round(log["train_seconds"], 1),

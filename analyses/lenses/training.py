@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from workbench.errors import WorkbenchError
 from workbench.paths import atomic_write
 
-from .core import CHUNK, TunedLens, Unembed, final_logprobs, kl_to_final
+from .core import KL_CHUNK, TunedLens, Unembed, layers_kl_to_final
 
 RECIPE = {"optimizer": "SGD", "nesterov": True, "momentum": 0.9, "lr": 0.1, "schedule": "linear decay to 0",
           "weight_decay": 1e-3, "grad_clip": 1.0, "autocast": "bfloat16",
@@ -42,7 +42,7 @@ RECIPE = {"optimizer": "SGD", "nesterov": True, "momentum": 0.9, "lr": 0.1, "sch
 TRAIN_DEFAULTS = {"max_texts": 1500, "max_length": 128, "steps": 150, "positions_per_step": 1024,
                   "heldout_data": "abstracts[360:376]", "heldout_texts": 8, "heldout_positions": 512,
                   "eval_every": 10, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3, "grad_clip": 1.0,
-                  "autocast": "auto", "seed": 0, "checkpoint_every": 5}
+                  "autocast": "auto", "seed": 0, "checkpoint_every": 5, "store_dtype": "float32"}
 #: a lens is converged when its held-out KL moved by less than this over the last 20 % of the steps
 CONVERGED_CHANGE = 0.02
 
@@ -71,39 +71,55 @@ def _autocast(setting: str, device: torch.device):
     return torch.autocast(device.type, dtype=getattr(torch, setting))
 
 
+#: positions whose states (every layer) are gathered at once for the held-out KL
+HELDOUT_BLOCK = 1024
+
+
+def matmul_dtype(autocast: str) -> torch.dtype:
+    """The dtype of the unembedding matmuls under an ``autocast`` setting (as torch.autocast runs them)."""
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(str(autocast), torch.float32)
+
+
+def normalised_states(unembed: Unembed, entry, hooks: list[str], idx: np.ndarray, tuned: TunedLens | None,
+                      autocast: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x [L, N, D], x_final [N, D])``: every layer's states at ``idx`` through the translator (when
+    ``tuned``) and the final norm, and the last layer's normalised states (no translator, fp32)."""
+    L = len(hooks) - 1
+    device = unembed.device
+    with torch.no_grad():
+        x_final = unembed.norm(states(entry, hooks[L], idx, device)).float()
+    with _autocast(autocast, device):
+        x = torch.stack([unembed.norm(tuned.transform(h, layer) if tuned is not None else h).float()
+                         for layer, h in ((layer, states(entry, hooks[layer], idx, device)) for layer in range(L))])
+    return x, x_final
+
+
 @torch.no_grad()
 def heldout_kl(unembed: Unembed, entry, hooks: list[str], index: np.ndarray, tuned: TunedLens | None,
-               chunk: int = CHUNK) -> np.ndarray:
+               chunk: int = KL_CHUNK) -> np.ndarray:
     """Mean KL(p_L || p_l) in nats per layer 0..L over the positions ``index`` (float64 [L+1]), fp32."""
     L = len(hooks) - 1
     sums = np.zeros(L + 1, np.float64)
-    for start in range(0, len(index), chunk):
-        idx = index[start:start + chunk]
-        logp_final = final_logprobs(unembed, states(entry, hooks[L], idx, unembed.device))
-        for layer in range(L):
-            h = states(entry, hooks[layer], idx, unembed.device)
-            if tuned is not None:
-                h = tuned.transform(h, layer)
-            sums[layer] += float(kl_to_final(unembed(h), logp_final)) * len(idx)
+    for start in range(0, len(index), HELDOUT_BLOCK):
+        idx = index[start:start + HELDOUT_BLOCK]
+        x, x_final = normalised_states(unembed, entry, hooks, idx, tuned)
+        sums[:L] += layers_kl_to_final(unembed, x, x_final, torch.float32, chunk).double().cpu().numpy() * len(idx)
     return sums / len(index)
 
 
 def train_step(unembed: Unembed, entry, hooks: list[str], lens: TunedLens, idx: np.ndarray,
                autocast: str) -> list[float]:
     """Backward of every layer's loss on the positions ``idx`` (gradients accumulate; the optimizer
-    steps outside). Returns the per-layer KL in nats. One ``[positions, V]`` graph is alive at a time."""
-    L = len(hooks) - 1
-    with torch.no_grad():
-        logp_final = final_logprobs(unembed, states(entry, hooks[L], idx, unembed.device))
-    per_layer = []
-    for layer in range(L):
-        h = states(entry, hooks[layer], idx, unembed.device)
-        with _autocast(autocast, unembed.device):
-            logits = unembed(lens.transform(h, layer))
-            loss = kl_to_final(logits.float(), logp_final)
-        loss.backward()
-        per_layer.append(loss.item())
-    return per_layer
+    steps outside). Returns the per-layer KL in nats.
+
+    The translators and the final norm run under ``autocast`` (as the official loop's ``lens(h)``); the
+    unembedding, softmax and KL run in :func:`.core.layers_kl_to_final`, chunked over positions, with
+    the matmuls in the autocast dtype, so no ``[positions, V]`` tensor is ever built. The gradient of
+    the summed losses is the sum of the official per-layer backwards."""
+    x, x_final = normalised_states(unembed, entry, hooks, idx, lens, autocast)
+    losses = layers_kl_to_final(unembed, x, x_final, matmul_dtype(autocast))
+    losses.sum().backward()
+    return losses.detach().cpu().tolist()
 
 
 class Checkpoints:
