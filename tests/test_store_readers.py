@@ -76,6 +76,25 @@ def test_float16_store_halves_the_disk_and_reads_float32(tiny, tmp_path):
     assert size(half) < 0.55 * size(full)
 
 
+def test_float16_store_refuses_activations_beyond_its_range(tiny, tmp_path, monkeypatch):
+    """A residual past 65,504 would be stored as inf: the extraction stops with the fix and leaves nothing."""
+    original = tiny.run_hooks
+
+    def huge(ids, mask, hooks):
+        acts = original(ids, mask, hooks)
+        acts[resid_hook(1)] = acts[resid_hook(1)] * 1e6
+        return acts
+
+    monkeypatch.setattr(tiny, "run_hooks", huge)
+    store = ActivationStore(root=tmp_path / "a", dtype="float16")
+    with pytest.raises(WorkbenchError, match="beyond float16's range.*float32"):
+        store.get_or_extract(tiny, TextDataset.from_texts(TEXTS))
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".tmp")] and store.entries() == []
+    # float32 keeps them
+    entry = ActivationStore(root=tmp_path / "a").get_or_extract(tiny, TextDataset.from_texts(TEXTS))
+    assert np.abs(entry.layer(resid_hook(1))).max() > 65_504
+
+
 def test_batches_are_sized_in_tokens(tiny, tmp_path):
     store = ActivationStore(root=tmp_path / "a", batch_tokens=12)
     calls = []

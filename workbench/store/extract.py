@@ -121,7 +121,11 @@ class _Extraction:
                 self.shapes.setdefault(hook, list(value.shape[2:]))
             for part in parts:
                 # a compact copy: a view would keep the whole padded batch alive until the shard is written
-                part = np.array(part, dtype=dtype, copy=True)
+                source, part = part, np.array(part, dtype=dtype, copy=True)
+                if dtype is np.float16 and not np.isfinite(part).all() and np.isfinite(source).all():
+                    raise WorkbenchError(
+                        f"{hook} reaches {float(np.abs(source).max()):,.0f}, beyond float16's range (65,504): "
+                        "store these activations in float32 (the default; drop --store-dtype float16).")
                 self.buffer[hook].append(part)
                 self.buffered_bytes += part.nbytes
         del acts
