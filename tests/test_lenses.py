@@ -371,7 +371,7 @@ def test_shipped_smollm2_lens_beats_the_logit_lens(smollm):
     assert meta["data"]["heldout"].startswith("abstracts[")
 
 
-def test_readme_lens_section_lists_the_recorded_longer_runs(smollm):
+def test_readme_lens_section_lists_the_recorded_runs_of_other_budgets(smollm):
     """The README's lens block sets the shipped lens beside every recorded run of the same model, read
     from the shipped files (a record of another model is left out)."""
     from analyses.lenses.results_tables import RUN_RECORDS, _budgets_tried
@@ -385,5 +385,7 @@ def test_readme_lens_section_lists_the_recorded_longer_runs(smollm):
     for r in records:
         change = 100 * r["convergence"]["relative_change_last_20pct"]
         assert f"{change:.2f} %" in text and f"{r['curve'][-1]['mean_kl']:.3f}" in text
-        assert r["settings"]["steps"] > shipped["settings"]["steps"]
+        budget = (r["settings"]["steps"], r["settings"]["positions_per_step"])
+        assert budget != (shipped["settings"]["steps"], shipped["settings"]["positions_per_step"])
+        assert f"{budget[0]} × {budget[1]:,}" in text
     assert _budgets_tried({**shipped, "fingerprint": "another-model"}) == ""

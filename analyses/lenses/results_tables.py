@@ -7,7 +7,7 @@ import json
 from workbench.paths import SAMPLE_DATA
 from workbench.reproduce import ReadmeTable, fmt, md_table
 
-#: lens.json records of longer training runs tried beside the shipped lens (the weights are not shipped)
+#: lens.json records of training runs of other budgets tried beside the shipped lens (no weights shipped)
 RUN_RECORDS = SAMPLE_DATA / "lenses" / "runs"
 
 #: abstracts 360..399 were never trained on: the shipped lens learnt from text sampled from the model itself
@@ -82,7 +82,7 @@ def _budget_row(name: str, record: dict) -> list[str]:
 
 
 def _budgets_tried(shipped: dict) -> str:
-    """The shipped lens beside the recorded longer runs of the same model (``RUN_RECORDS``)."""
+    """The shipped lens beside the recorded runs of other budgets of the same model (``RUN_RECORDS``)."""
     fingerprint = shipped.get("fingerprint")
     records = []
     for path in sorted(RUN_RECORDS.glob("*.json")):
@@ -93,7 +93,7 @@ def _budgets_tried(shipped: dict) -> str:
         return ""
     rows = [_budget_row("the shipped lens", shipped)] + [_budget_row(name, r) for name, r in records]
     return "\n".join([
-        "Longer runs tried (same recipe, the same sampler for the corpus, the same held-out positions and rule; "
+        "Other budgets tried (same recipe, the same sampler for the corpus, the same held-out positions and rule; "
         "their `lens.json` is kept, not their weights):", "",
         md_table(["lens", "steps × positions", "texts", "final mean held-out KL", "change over the last 20 %",
                   "converged"], rows)])

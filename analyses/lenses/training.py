@@ -89,10 +89,12 @@ def normalised_states(unembed: Unembed, entry, hooks: list[str], idx: np.ndarray
     device = unembed.device
     with torch.no_grad():
         x_final = unembed.norm(states(entry, hooks[L], idx, device)).float()
+    layers = []
     with _autocast(autocast, device):
-        x = torch.stack([unembed.norm(tuned.transform(h, layer) if tuned is not None else h).float()
-                         for layer, h in ((layer, states(entry, hooks[layer], idx, device)) for layer in range(L))])
-    return x, x_final
+        for layer in range(L):
+            h = states(entry, hooks[layer], idx, device)
+            layers.append(unembed.norm(h if tuned is None else tuned.transform(h, layer)).float())
+    return torch.stack(layers), x_final
 
 
 @torch.no_grad()
@@ -115,7 +117,7 @@ def train_step(unembed: Unembed, entry, hooks: list[str], lens: TunedLens, idx: 
 
     The translators and the final norm run under ``autocast`` (as the official loop's ``lens(h)``); the
     unembedding, softmax and KL run in :func:`.core.layers_kl_to_final`, chunked over positions, with
-    the matmuls in the autocast dtype, so no ``[positions, V]`` tensor is ever built. The gradient of
+    the matmuls in the autocast dtype, so no tensor larger than ``chunk × V`` is built. The gradient of
     the summed losses is the sum of the official per-layer backwards."""
     x, x_final = normalised_states(unembed, entry, hooks, idx, lens, autocast)
     losses = layers_kl_to_final(unembed, x, x_final, matmul_dtype(autocast))
