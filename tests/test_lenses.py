@@ -319,6 +319,28 @@ def test_training_states_in_float16_are_recorded_and_held_out_stays_float32(tiny
     assert meta["heldout_kl"]["tuned_lens"][-1] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_lens_curve_names_the_layer_that_moved_most():
+    from analyses.lenses.results_tables import _movers
+
+    curve = [{"step": 8, "per_layer": [10.0, 4.0, 2.0, 3.0, 0.0]}, {"step": 10, "per_layer": [9.0, 3.96, 1.98, 2.97, 0.0]}]
+    # falls of 1.0, 0.04, 0.02, 0.03 nats: layer 0 (10 % of its KL, 1 / 1.09 of the sum); the others 1 % each
+    assert _movers(curve, {"from_step": 8}) == (" By layer: layer 0's KL fell by 10.0 % (92 % of the mean's change), "
+                                                 "the median of the other layers by 1.0 %.")
+    assert _movers(curve, {"from_step": 5}) == ""  # no curve point at the cut: nothing said
+
+
+def test_lens_curve_text_counts_clipped_steps_and_thins_long_curves():
+    from analyses.lenses.results_tables import _clipping, _every_kth
+
+    training = {"settings": {"grad_clip": 1.0}, "losses": [{"grad_norm": g} for g in (300.0, 2.0, 0.5, 1.5)]}
+    assert _clipping(training) == (" The gradient norm before clipping was above the clip (1.0) at 3 of 4 steps "
+                                   "(300 at the first, 1.5 at the last).")
+    points = [(10 * i, 1.0) for i in range(41)]  # step 0 and 40 evaluations
+    assert [p[0] for p in _every_kth(points, 320)] == list(range(0, 401, 20))
+    assert [p[0] for p in _every_kth(points, 330)] == sorted(set(range(0, 401, 20)) | {330})
+    assert _every_kth(points[:16], 120) == points[:16]
+
+
 def test_train_lens_cli_is_registered():
     import analyses.lenses  # noqa: F401
     from workbench.cli import build_parser

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from workbench.paths import SAMPLE_DATA
 from workbench.reproduce import ReadmeTable, fmt, md_table
@@ -66,9 +67,48 @@ def _training_curve(training: dict, heldout_kl: dict) -> str:
     verdict = (f"Over the last 20 % of the steps (from step {conv.get('from_step')}) it moved by "
                f"{100 * change:.2f} %: **{'converged' if conv.get('converged') else 'not converged'}** "
                f"(the rule: < {100 * conv.get('threshold', 0.02):.0f} %)." if change is not None else "")
-    table = md_table(["step"] + [str(step) for step, _ in points],
-                     [["mean held-out KL"] + [fmt(kl, 3) for _, kl in points]])
-    return "\n".join([head + " " + verdict, "", table])
+    shown = _every_kth(points, conv.get("from_step"))
+    table = md_table(["step"] + [str(step) for step, _ in shown],
+                     [["mean held-out KL"] + [fmt(kl, 3) for _, kl in shown]])
+    if len(shown) < len(points):
+        table += f"\n\n({len(shown) - 1} of the {len(points) - 1} evaluations shown; all are in `lens.json`)"
+    return "\n".join([head + " " + verdict + _movers(curve, conv) + _clipping(training), "", table])
+
+
+def _every_kth(points: list, cut_step, most: int = 21) -> list:
+    """At most about ``most`` curve points: every k-th, the last, and the step the convergence rule starts at."""
+    if len(points) <= most:
+        return points
+    k = math.ceil((len(points) - 1) / (most - 1))
+    return [p for i, p in enumerate(points) if i % k == 0 or i == len(points) - 1 or p[0] == cut_step]
+
+
+def _clipping(training: dict) -> str:
+    """How often the gradient norm (before clipping, over all translators) was above the clip, from the
+    recorded losses: above it, an SGD step moves the translators by ``lr`` whatever the gradient's size."""
+    norms = [row["grad_norm"] for row in training.get("losses") or [] if "grad_norm" in row]
+    clip = (training.get("settings") or {}).get("grad_clip")
+    if not norms or clip is None:
+        return ""
+    above = sum(n > clip for n in norms)
+    return (f" The gradient norm before clipping was above the clip ({clip}) at {above} of {len(norms)} steps "
+            f"({norms[0]:.0f} at the first, {norms[-1]:.1f} at the last).")
+
+
+def _movers(curve: list[dict], conv: dict) -> str:
+    """Which layers moved over the last 20 % (each layer's held-out KL, layers below the last), from the
+    curve's per-layer values: the layer whose KL fell most in nats, against the median of the others."""
+    start = next((c for c in curve if c["step"] == conv.get("from_step")), None)
+    if start is None or len(curve[-1].get("per_layer", [])) < 3:
+        return ""
+    a, b = start["per_layer"][:-1], curve[-1]["per_layer"][:-1]
+    change = [(x - y) / x if x else 0.0 for x, y in zip(a, b)]
+    top = max(range(len(change)), key=lambda l: abs(a[l] - b[l]))
+    rest = sorted(c for l, c in enumerate(change) if l != top)
+    median = rest[len(rest) // 2] if len(rest) % 2 else (rest[len(rest) // 2 - 1] + rest[len(rest) // 2]) / 2
+    share = (a[top] - b[top]) / max(sum(a) - sum(b), 1e-12)
+    return (f" By layer: layer {top}'s KL fell by {100 * change[top]:.1f} % ({100 * share:.0f} % of the mean's "
+            f"change), the median of the other layers by {100 * median:.1f} %.")
 
 
 def _budget_row(name: str, record: dict) -> list[str]:

@@ -121,7 +121,8 @@ class _Extraction:
                 self.shapes.setdefault(hook, list(value.shape[2:]))
             for part in parts:
                 # a compact copy: a view would keep the whole padded batch alive until the shard is written
-                source, part = part, np.array(part, dtype=dtype, copy=True)
+                with np.errstate(over="ignore"):  # an overflow is caught just below, with its fix
+                    source, part = part, np.array(part, dtype=dtype, copy=True)
                 if dtype is np.float16 and not np.isfinite(part).all() and np.isfinite(source).all():
                     raise WorkbenchError(
                         f"{hook} reaches {float(np.abs(source).max()):,.0f}, beyond float16's range (65,504): "
