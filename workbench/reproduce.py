@@ -11,8 +11,10 @@ the block between the table's markers in README.md::
     ... generated ...
     <!-- /results:NAME -->
 
-A job whose output folder already holds a manifest made by the same command is reused, so an
-interrupted run resumes; ``--force`` reruns everything.
+A job whose output folder already holds a manifest made by the same command from the same working tree
+(:func:`tree_state`: the content of every file git tracks or would track, shipped lenses and models
+included) is reused, so an interrupted run resumes; a change to the code or the shipped data reruns
+it, and ``--force`` reruns everything.
 """
 
 from __future__ import annotations
@@ -67,17 +69,47 @@ def _job_argv(command: str, out: Path) -> list[str]:
     return argv[1:] + ["--out", str(out)]
 
 
-def run_job(command: str, out: Path, force: bool = False, env: dict | None = None) -> tuple[Path, bool]:
-    """Run one command (fresh process) into ``out`` unless a manifest of the same command is there.
+def tree_state(root: Path = PROJECT_ROOT) -> str | None:
+    """sha256 over the paths and contents of the files of the working tree that git tracks or would
+    track (``git ls-files --cached --others --exclude-standard``), markdown left out (the README these
+    tables are written into must not invalidate them); read-only, nothing is written to ``.git``.
+    ``None`` outside a git checkout (an installed package: its version is in the manifest)."""
+    import hashlib
 
-    Returns ``(out, reused)``. The command is recorded in ``out/reproduce.json``.
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                                cwd=root, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    digest = hashlib.sha256()
+    for name in sorted(set(filter(None, listed.split(b"\0")))):
+        if name.endswith(b".md"):
+            continue
+        path = root / name.decode()
+        if not path.is_file():  # deleted but still in the index
+            continue
+        digest.update(name + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def run_job(command: str, out: Path, force: bool = False, env: dict | None = None,
+            state: str | None = None) -> tuple[Path, bool]:
+    """Run one command (fresh process) into ``out`` unless a manifest of the same command, made from
+    the same working tree (``state``, :func:`tree_state`), is there.
+
+    Returns ``(out, reused)``. The command and the tree state are recorded in ``out/reproduce.json``.
     """
     import os
 
     record = out / "reproduce.json"
     if not force and record.exists() and (out / "manifest.json").exists():
         try:
-            if json.loads(record.read_text()).get("command") == command:
+            made = json.loads(record.read_text())
+            if made.get("command") == command and made.get("tree_state") == state:
                 return out, True
         except ValueError:
             pass
@@ -88,7 +120,8 @@ def run_job(command: str, out: Path, force: bool = False, env: dict | None = Non
     if proc.returncode != 0:
         raise WorkbenchError(f"`{command}` failed (exit {proc.returncode}); its output is above.")
     with atomic_write(record) as handle:
-        json.dump({"command": command, "seconds": round(time.time() - t0, 1), "finished": time.time()}, handle)
+        json.dump({"command": command, "tree_state": state, "seconds": round(time.time() - t0, 1),
+                   "finished": time.time()}, handle)
     return out, False
 
 
@@ -130,12 +163,14 @@ def reproduce(names: list[str] | None = None, out: str | Path = "results", force
         raise WorkbenchError(f"No README table {unknown}; tables: {', '.join(sorted(tables))}.")
     out_root = Path(out)
     blocks = {}
+    state = tree_state()
     for name in names or list(tables):
         table = tables[name]
         log(f"== {name}: {table.title} (about {table.minutes:g} min)")
         results = {}
         for job, command in table.jobs.items():
-            folder, reused = run_job(command, out_root / name / job, force=force, env=table.env)
+            folder, reused = run_job(command, out_root / name / job, force=force, env=table.env,
+                                     state=state)
             log(f"   {job}: {'reused' if reused else 'ran'} {command}")
             results[job] = folder
         block = render_block(table, results, out_root)
