@@ -299,6 +299,11 @@ def test_training_is_deterministic_resumable_and_found(tiny, store, monkeypatch,
     last = r.table[r.table.layer == tiny.n_layers]
     assert (last["kl"] == 0).all()
     r.figure()
+    # the result carries what the README's lens section renders, the per-step gradient norms included
+    training = r.summary["lens_training"]
+    assert len(training["losses"]) == TRAIN["steps"] and all("grad_norm" in row for row in training["losses"])
+    from analyses.lenses.results_tables import _clipping
+    assert _clipping(training).startswith(" The gradient norm before clipping was above the clip")
 
 
 def test_training_rejects_impossible_budgets(tiny, store, tmp_path):
@@ -339,6 +344,20 @@ def test_lens_curve_text_counts_clipped_steps_and_thins_long_curves():
     assert [p[0] for p in _every_kth(points, 320)] == list(range(0, 401, 20))
     assert [p[0] for p in _every_kth(points, 330)] == sorted(set(range(0, 401, 20)) | {330})
     assert _every_kth(points[:16], 120) == points[:16]
+
+
+def test_lens_curve_power_law_fit_recovers_a_known_exponent():
+    from analyses.lenses.results_tables import _power_law, power_law_fit
+
+    curve = [{"step": s, "mean_kl": 5.0 * s ** -0.2} for s in range(10, 801, 10)]
+    c, r2 = power_law_fit(curve, 100, 640)
+    assert c == pytest.approx(0.2, abs=1e-9) and r2 == pytest.approx(1.0, abs=1e-9)
+    # a curve bending towards an asymptote fits worse and with a smaller exponent late than early
+    bent = [{"step": s, "mean_kl": 2.0 + 5.0 * s ** -0.5} for s in range(10, 801, 10)]
+    assert power_law_fit(bent, 320, 640)[0] < power_law_fit(bent, 20, 160)[0]
+    text = _power_law(curve, {"from_step": 640}, 800)
+    assert "From step 100 to step 640" in text and "step^−0.200" in text and "4.4 %" in text  # 1 − 0.8^0.2
+    assert _power_law(curve, {"from_step": None}, 800) == ""
 
 
 def test_train_lens_cli_is_registered():

@@ -72,7 +72,8 @@ def _training_curve(training: dict, heldout_kl: dict) -> str:
                      [["mean held-out KL"] + [fmt(kl, 3) for _, kl in shown]])
     if len(shown) < len(points):
         table += f"\n\n({len(shown) - 1} of the {len(points) - 1} evaluations shown; all are in `lens.json`)"
-    return "\n".join([head + " " + verdict + _movers(curve, conv) + _clipping(training), "", table])
+    return "\n".join([head + " " + verdict + _movers(curve, conv) + _clipping(training)
+                      + _power_law(curve, conv, (training.get("settings") or {}).get("steps")), "", table])
 
 
 def _every_kth(points: list, cut_step, most: int = 21) -> list:
@@ -81,6 +82,33 @@ def _every_kth(points: list, cut_step, most: int = 21) -> list:
         return points
     k = math.ceil((len(points) - 1) / (most - 1))
     return [p for i, p in enumerate(points) if i % k == 0 or i == len(points) - 1 or p[0] == cut_step]
+
+
+def power_law_fit(curve: list[dict], first_step: int, last_step: int) -> tuple[float, float]:
+    """Least-squares fit of log(mean held-out KL) = a − c·log(step) over the curve's evaluations in
+    [first_step, last_step]: returns (c, r²)."""
+    pts = [(math.log(c["step"]), math.log(c["mean_kl"])) for c in curve if first_step <= c["step"] <= last_step]
+    n = len(pts)
+    mx, my = sum(x for x, _ in pts) / n, sum(y for _, y in pts) / n
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    sxy = sum((x - mx) * (y - my) for x, y in pts)
+    syy = sum((y - my) ** 2 for _, y in pts)
+    return -sxy / sxx, (sxy * sxy / (sxx * syy) if syy else 1.0)
+
+
+def _power_law(curve: list[dict], conv: dict, steps) -> str:
+    """How the curve falls before the rule's window: a power law's relative change over the last 20 % of
+    its steps is 1 − 0.8^c whatever the run's length, so more steps alone do not meet the rule while the
+    curve keeps that shape (the window itself runs at the lowest learning rates of the linear decay)."""
+    if not steps or conv.get("from_step") is None:
+        return ""
+    first, last = max(1, int(steps) // 8), int(conv["from_step"])
+    if sum(first <= c["step"] <= last for c in curve) < 4:
+        return ""
+    c, r2 = power_law_fit(curve, first, last)
+    return (f" From step {first} to step {last} the mean held-out KL falls as step^−{c:.3f} (log-log fit, "
+            f"r² = {r2:.4f}); a power law moves by 1 − 0.8^{c:.3f} = {100 * (1 - 0.8 ** c):.1f} % over the last "
+            f"20 % of its steps however many steps the run has.")
 
 
 def _clipping(training: dict) -> str:
