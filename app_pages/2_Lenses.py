@@ -56,8 +56,13 @@ if logit is not None:
             ui.show_figure(tuned, heatmap(tuned_rows, "tuned", text=text, color=color, zrange=zrange), key="heatmap")
             kl = tuned.summary.get("lens_heldout_kl") or {}
             if kl:
-                st.caption(f"Lens: {tuned.summary.get('lens_folder')}. Deviations from the official recipe: "
-                           + "; ".join(tuned.summary.get("lens_deviations") or []))
+                training = tuned.summary.get("lens_training") or {}
+                conv = training.get("convergence") or {}
+                trained = (f"trained with {(training.get('recipe') or {}).get('optimizer', '?')}, "
+                           f"{'converged' if conv.get('converged') else 'not converged'} by the held-out rule "
+                           "(< 2 % over the last 20 % of the steps)")
+                st.caption(f"Lens: {tuned.summary.get('lens_folder')}, {trained}. Deviations from the official "
+                           "recipe: " + "; ".join(tuned.summary.get("lens_deviations") or []))
                 with st.expander("Held-out KL per layer of this lens (nats)"):
                     st.dataframe(pd.DataFrame({"layer": kl["layer"], "logit lens": kl["logit_lens"],
                                                "tuned lens": kl["tuned_lens"]}), width="stretch")

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from analyses.lenses.analysis import heatmap, lens_table, layer_means
 from analyses.lenses.core import (TunedLens, Unembed, final_logprobs, layers_kl_to_final, lens_logits,
@@ -260,10 +261,16 @@ TRAIN = dict(max_texts=6, heldout_data="", heldout_texts=2, max_length=16, steps
              heldout_positions=8, eval_every=2, checkpoint_every=2, seed=3)
 
 
-def test_training_is_deterministic_resumable_and_found(tiny, store, monkeypatch, tmp_path):
+@pytest.mark.parametrize("optimizer", [{"optimizer": "sgd"}, {"optimizer": "adam", "warmup_steps": 1}],
+                         ids=["sgd", "adam"])
+def test_training_is_deterministic_resumable_and_found(tiny, store, monkeypatch, tmp_path, optimizer):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
     data = TextDataset.from_texts(TEXTS)
-    meta = train_tuned_lens(tiny, data, out_dir=tmp_path / "a", store=store, **TRAIN)
+    train = {**TRAIN, **optimizer}
+    meta = train_tuned_lens(tiny, data, out_dir=tmp_path / "a", store=store, **train)
+    assert meta["recipe"]["optimizer"] == {"sgd": "SGD", "adam": "Adam"}[optimizer["optimizer"]]
+    # a warmup moves where the package's decay would end: recorded as a deviation (none without one)
+    assert any("warmup" in d for d in meta["deviations"]) == (optimizer["optimizer"] == "adam")
     lens_a, _ = load_lens(tmp_path / "a")
     assert lens_a.weight.abs().sum() > 0
     kl = meta["heldout_kl"]
@@ -278,17 +285,21 @@ def test_training_is_deterministic_resumable_and_found(tiny, store, monkeypatch,
             raise Stop
 
     with pytest.raises(Stop):
-        train_tuned_lens(tiny, data, out_dir=tmp_path / "b", store=store, progress=interrupt, **TRAIN)
+        train_tuned_lens(tiny, data, out_dir=tmp_path / "b", store=store, progress=interrupt, **train)
     state = json.loads((tmp_path / "b" / "checkpoint.json").read_text())
     assert state["step"] == 2
-    train_tuned_lens(tiny, data, out_dir=tmp_path / "b", store=store, **TRAIN)  # resumes at step 2
+    # the optimizer's whole state is checkpointed (without it a resumed Adam would restart its moments)
+    stored = set(load_file(str(tmp_path / "b" / "checkpoint.safetensors")))
+    expected = {"sgd": {"momentum"}, "adam": {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"}}[optimizer["optimizer"]]
+    assert stored == {"weight", "bias"} | {f"{key}.{name}" for key in expected for name in ("weight", "bias")}
+    train_tuned_lens(tiny, data, out_dir=tmp_path / "b", store=store, **train)  # resumes at step 2
     lens_b, meta_b = load_lens(tmp_path / "b")
     torch.testing.assert_close(lens_b.weight, lens_a.weight, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(lens_b.bias, lens_a.bias, atol=1e-6, rtol=1e-5)
     assert [x["mean_kl"] for x in meta_b["losses"]] == pytest.approx([x["mean_kl"] for x in meta["losses"]], rel=1e-5)
 
     # saved beside the fingerprint -> found automatically; fp16 round trip
-    train_tuned_lens(tiny, data, store=store, **TRAIN)
+    train_tuned_lens(tiny, data, store=store, **train)
     folder = find_lens(tiny)
     assert folder is not None and folder.name == safe_name(tiny.fingerprint)
     save_lens(tmp_path / "half", lens_a, meta, dtype=torch.float16)
@@ -301,9 +312,29 @@ def test_training_is_deterministic_resumable_and_found(tiny, store, monkeypatch,
     r.figure()
     # the result carries what the README's lens section renders, the per-step gradient norms included
     training = r.summary["lens_training"]
-    assert len(training["losses"]) == TRAIN["steps"] and all("grad_norm" in row for row in training["losses"])
+    assert len(training["losses"]) == train["steps"] and all("grad_norm" in row for row in training["losses"])
+    assert training["recipe"]["optimizer"] == meta["recipe"]["optimizer"]  # the page and README name it
     from analyses.lenses.results_tables import _clipping
     assert _clipping(training).startswith(" The gradient norm before clipping was above the clip")
+
+
+def test_optimizer_settings_resolve_to_the_packages_defaults_and_the_schedule_ends_at_the_last_step():
+    from analyses.lenses.training import lr_factor, resolve_optimizer
+
+    base = {"steps": 800, "momentum": 0.9, "lr": None, "warmup_steps": None}
+    assert resolve_optimizer({**base, "optimizer": "sgd"}) == {**base, "optimizer": "sgd", "lr": 0.1, "warmup_steps": 0}
+    assert resolve_optimizer({**base, "optimizer": "adam"}) == {**base, "optimizer": "adam", "lr": 1e-3,
+                                                                "warmup_steps": 160}
+    assert resolve_optimizer({**base, "steps": 10_000, "optimizer": "adam"})["warmup_steps"] == 1000
+    assert resolve_optimizer({**base, "optimizer": "adam", "lr": 0.01, "warmup_steps": 0})["lr"] == 0.01
+    for bad, match in (({"optimizer": "lion"}, "optimizer must be one of"), ({"warmup_steps": 800}, "warmup_steps"),
+                       ({"lr": -1.0}, "lr must be positive")):
+        with pytest.raises(WorkbenchError, match=match):
+            resolve_optimizer({**base, "optimizer": "adam", **bad})
+    # warmup 0 -> 1 over 160 steps, then linear to 0 at step 800 (the package's decay would end at 640)
+    assert [lr_factor(s, 800, 160) for s in (0, 80, 160, 480, 640, 799)] == pytest.approx(
+        [0.0, 0.5, 1.0, 0.5, 0.25, 1 / 640])
+    assert [lr_factor(s, 4, 0) for s in range(4)] == [1.0, 0.75, 0.5, 0.25]  # SGD: 1 - s / steps
 
 
 def test_training_rejects_impossible_budgets(tiny, store, tmp_path):
@@ -358,6 +389,7 @@ def test_lens_curve_power_law_fit_recovers_a_known_exponent():
     text = _power_law(curve, {"from_step": 640}, 800)
     assert "From step 100 to step 640" in text and "step^−0.200" in text and "4.4 %" in text  # 1 − 0.8^0.2
     assert _power_law(curve, {"from_step": None}, 800) == ""
+    assert _power_law(curve, {"from_step": 640, "converged": True}, 800) == ""  # it explains a miss only
 
 
 def test_train_lens_cli_is_registered():
@@ -427,6 +459,7 @@ def test_readme_lens_section_lists_the_recorded_runs_of_other_budgets(smollm):
         change = 100 * r["convergence"]["relative_change_last_20pct"]
         assert f"{change:.2f} %" in text and f"{r['curve'][-1]['mean_kl']:.3f}" in text
         budget = (r["settings"]["steps"], r["settings"]["positions_per_step"])
-        assert budget != (shipped["settings"]["steps"], shipped["settings"]["positions_per_step"])
+        run = (r["recipe"]["optimizer"], *budget)
+        assert run != (shipped["recipe"]["optimizer"], shipped["settings"]["steps"], shipped["settings"]["positions_per_step"])
         assert f"{budget[0]} × {budget[1]:,}" in text
     assert _budgets_tried({**shipped, "fingerprint": "another-model"}) == ""

@@ -173,8 +173,8 @@ def _run(ctx, lens_kind: str):
         summary["lens_deviations"] = meta.get("deviations")
         summary["lens_settings"] = meta.get("settings")
         # losses: per step, the training KL and the gradient norm before clipping (the README counts the clipped steps)
-        summary["lens_training"] = {k: meta.get(k) for k in ("fingerprint", "settings", "curve", "convergence", "data",
-                                                             "timings", "losses")}
+        summary["lens_training"] = {k: meta.get(k) for k in ("fingerprint", "recipe", "settings", "curve",
+                                                             "convergence", "data", "timings", "losses")}
     dataset = ctx.require_dataset().subset(int(p["max_texts"]))
     hooks = model.resid_hooks() + (model.hook_names("resid_mid") if p.get("resid_mid") else [])
     entry = ctx.activations(hooks, max_length=int(p["max_length"]), dataset=dataset)

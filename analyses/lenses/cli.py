@@ -9,7 +9,7 @@ from workbench.registry import Command
 
 
 def _setup(parser) -> None:
-    from .train import TRAIN_DEFAULTS
+    from .training import RECIPES, SETTING_TYPES, TRAIN_DEFAULTS
 
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--data", default="sampled", help="training corpus: 'sampled' (text sampled from the model "
@@ -19,9 +19,15 @@ def _setup(parser) -> None:
     parser.add_argument("--out", help="folder for the lens (default: cache_dir()/lenses/<fingerprint>/)")
     parser.add_argument("--no-resume", action="store_true", help="start over even if a matching checkpoint exists")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    helps = {"optimizer": f"default {TRAIN_DEFAULTS['optimizer']}; the tuned-lens package's two options "
+                          "(sgd is its default)",
+             "momentum": "SGD's momentum, or Adam's beta1 (default 0.9)",
+             "lr": "default: 1e-3 for adam, 0.1 for sgd (the package's defaults)",
+             "warmup_steps": "default: min(1000, steps // 5) for adam, 0 for sgd"}
     for key, value in TRAIN_DEFAULTS.items():
-        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None,
-                            help=f"default {value}")
+        parser.add_argument(f"--{key.replace('_', '-')}", type=SETTING_TYPES.get(key, type(value)), default=None,
+                            choices=list(RECIPES) if key == "optimizer" else None,
+                            help=helps.get(key, f"default {value}"))
     parser.set_defaults(fn=_run)
 
 

@@ -23,7 +23,7 @@ from workbench.paths import SAMPLE_DATA, atomic_write, cache_dir
 
 from .core import TunedLens, Unembed
 from .training import (RECIPE, TRAIN_DEFAULTS, Checkpoints, convergence, heldout_kl, optimizer,  # noqa: F401
-                       positions_of, split_texts, states, train_step)
+                       positions_of, recipe, resolve_optimizer, split_texts, states, train_step)
 
 LENS_FILE = "lens.safetensors"
 META_FILE = "lens.json"
@@ -84,7 +84,7 @@ def _settings(overrides: dict) -> dict:
         raise WorkbenchError(f"autocast must be auto, bfloat16, float16 or none; got {settings['autocast']!r}.")
     if settings["store_dtype"] not in ("float32", "float16"):
         raise WorkbenchError(f"store_dtype must be float32 or float16; got {settings['store_dtype']!r}.")
-    return settings
+    return resolve_optimizer(settings)
 
 
 def _resolve_autocast(settings: dict, device) -> dict:
@@ -210,7 +210,7 @@ def _lens_meta(model, run, settings, unembed, logit_heldout, tuned_heldout, log,
     return {
         "fingerprint": model.fingerprint, "model": model.name, "n_layers": len(run["hooks"]) - 1,
         "d_model": unembed.d_model, "method": "tuned lens (Belrose et al. 2023): h + A_l h + b_l per layer, zero-initialised",
-        "recipe": RECIPE, "settings": settings,
+        "recipe": recipe(settings), "settings": settings,
         "data": {"name": ds.name, "content_hash": ds.content_hash, "n_texts": run["entry"].n_texts,
                  "train_texts": run["n_train_texts"], "heldout": run["held_name"],
                  "heldout_texts": [int(i) for i in run["held_texts"]],
@@ -224,6 +224,10 @@ def _lens_meta(model, run, settings, unembed, logit_heldout, tuned_heldout, log,
              "instead of the Pile" if sampled else f"corpus: '{ds.name}' instead of the Pile")
             + f"; sequences of at most {settings['max_length']} tokens instead of 2048",
         ] + ([] if settings["autocast"] == "bfloat16" else [f"autocast {settings['autocast']} instead of bfloat16"])
+        + ([] if not settings["warmup_steps"] else
+           [f"learning rate: {settings['warmup_steps']} warmup steps, then linear decay ending at the last step "
+            f"(the package's schedule ends its decay at steps - warmup = {steps - settings['warmup_steps']}, "
+            "leaving the rest of the run at lr 0)"])
         + ([] if settings["store_dtype"] == "float32" else
            [f"training states read from the activation store in {settings['store_dtype']} (the model's own "
             "float32 states rounded once; held-out states stay float32)"]),
