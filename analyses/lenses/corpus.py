@@ -6,6 +6,9 @@ as large as the budget needs, never the evaluation text, and no package has to s
 text starts from a varied short prompt (seeded choice) and is sampled at temperature 1 with no top-k
 or top-p cut, through the plain model's KV cache (checked on every load). The corpus is written once
 under ``cache_dir()/corpora/`` (JSONL, keyed by the model's fingerprint and the settings) and reused.
+Sampling is resumable: each finished batch is appended to ``<corpus>.b<batch>.partial.jsonl``, and an
+interrupted run continues after the last complete batch (each batch draws its own seed from one seeded
+generator), so the finished corpus is the one an uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -58,23 +61,31 @@ def _write_corpus(model, path: Path, n_texts: int, max_new_tokens: int, seed: in
     openers = [OPENERS[i] for i in rng.integers(0, len(OPENERS), n_texts)]
     generator = torch.Generator(device="cpu").manual_seed(seed)
     torch.manual_seed(seed)
-    rows, t0 = [], time.time()
+    partial = path.with_name(f"{path.stem}.b{batch_size}.partial.jsonl")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    rows = _finished_batches(partial, batch_size, n_texts)
+    t0, resumed = time.time(), len(rows)
     side, tok.padding_side = tok.padding_side, "left"  # generation continues the last real token of every row
     try:
         for start in range(0, n_texts, batch_size):
+            batch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))  # drawn for every batch
+            if start < resumed:
+                continue  # sampled before an interruption
             prompts = openers[start:start + batch_size]
             enc = tok(prompts, return_tensors="pt", padding=True).to(model.input_device)
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+            torch.manual_seed(batch_seed)
             out = hf.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
                               max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens // 2,
                               pad_token_id=tok.pad_token_id)
-            for opener, ids in zip(prompts, out[:, enc["input_ids"].shape[1]:]):
-                text = (opener + tok.decode(ids, skip_special_tokens=True)).replace("\n", " ").strip()
-                rows.append({"text": text, "opener": opener})
+            batch = [{"text": (opener + tok.decode(ids, skip_special_tokens=True)).replace("\n", " ").strip(),
+                      "opener": opener} for opener, ids in zip(prompts, out[:, enc["input_ids"].shape[1]:])]
+            with open(partial, "a", encoding="utf-8") as handle:  # one write per batch; a torn one is dropped
+                handle.write("".join(json.dumps(r) + "\n" for r in batch))
+            rows += batch
             if progress is not None:
                 done = len(rows)
                 progress(done, n_texts, f"sampling the corpus: {done}/{n_texts} texts, "
-                                        f"{(time.time() - t0) / done * (n_texts - done):.0f} s left")
+                                        f"{(time.time() - t0) / (done - resumed) * (n_texts - done):.0f} s left")
     finally:
         tok.padding_side = side
     rows = [r for r in rows if r["text"]]
@@ -82,3 +93,22 @@ def _write_corpus(model, path: Path, n_texts: int, max_new_tokens: int, seed: in
         raise WorkbenchError(f"{model.name} sampled no text: check its tokenizer and generation settings.")
     with atomic_write(path) as handle:
         handle.write("".join(json.dumps(r) + "\n" for r in rows))
+    partial.unlink(missing_ok=True)
+
+
+def _finished_batches(partial: Path, batch_size: int, n_texts: int) -> list[dict]:
+    """The rows of the complete batches an interrupted run left in ``partial`` (a torn last line or an
+    incomplete batch is cut off, and the file is rewritten to match)."""
+    if not partial.exists():
+        return []
+    rows = []
+    for line in partial.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break
+    keep = min(len(rows) - len(rows) % batch_size, n_texts)
+    rows = rows[:keep]
+    with atomic_write(partial) as handle:
+        handle.write("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
