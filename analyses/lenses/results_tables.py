@@ -101,12 +101,10 @@ def _power_law(curve: list[dict], conv: dict, steps) -> str:
     """How the curve falls before the rule's window: a power law's relative change over the last 20 % of
     its steps is 1 − 0.8^c whatever the run's length, so more steps alone do not meet the rule while the
     curve keeps that shape (the window itself runs at the lowest learning rates of the linear decay)."""
-    if not steps or conv.get("from_step") is None or conv.get("converged"):
+    fit = None if conv.get("converged") else _fit_before_window(curve, conv, steps)
+    if fit is None:
         return ""  # it explains a miss; a converged curve has bent
-    first, last = max(1, int(steps) // 8), int(conv["from_step"])
-    if sum(first <= c["step"] <= last for c in curve) < 4:
-        return ""
-    c, r2 = power_law_fit(curve, first, last)
+    first, last, c, r2 = fit
     return (f" From step {first} to step {last} the mean held-out KL falls as step^−{c:.3f} (log-log fit, "
             f"r² = {r2:.4f}); a power law moves by 1 − 0.8^{c:.3f} = {100 * (1 - 0.8 ** c):.1f} % over the last "
             f"20 % of its steps however many steps the run has.")
@@ -150,15 +148,20 @@ def _budget_row(name: str, record: dict) -> list[str]:
             "yes" if conv.get("converged") else "no", _fit_cell(curve, conv, settings.get("steps"))]
 
 
-def _fit_cell(curve: list[dict], conv: dict, steps) -> str:
-    """``step^−c (r² …)`` of the curve from step steps/8 to the start of the rule's window, or —."""
+def _fit_before_window(curve: list[dict], conv: dict, steps) -> tuple[int, int, float, float] | None:
+    """``(first, last, c, r²)``: the power-law fit of the curve from step steps/8 to the start of the
+    rule's window, or None where the curve has fewer than 4 evaluations there."""
     if not steps or conv.get("from_step") is None:
-        return "—"
+        return None
     first, last = max(1, int(steps) // 8), int(conv["from_step"])
     if sum(first <= c.get("step", 0) <= last for c in curve) < 4:
-        return "—"
-    c, r2 = power_law_fit(curve, first, last)
-    return f"step^−{c:.3f} (r² {r2:.3f}), steps {first}–{last}"
+        return None
+    return (first, last, *power_law_fit(curve, first, last))
+
+
+def _fit_cell(curve: list[dict], conv: dict, steps) -> str:
+    fit = _fit_before_window(curve, conv, steps)
+    return "—" if fit is None else f"step^−{fit[2]:.3f} (r² {fit[3]:.3f}), steps {fit[0]}–{fit[1]}"
 
 
 def _optimizer(record: dict) -> str:
