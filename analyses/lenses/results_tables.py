@@ -1,4 +1,5 @@
-"""The README's lens table: held-out KL(final ‖ layer) of the logit lens and the shipped tuned lens."""
+"""The README's lens tables, one per model with a shipped lens: held-out KL(final ‖ layer) of the logit
+lens and the shipped tuned lens, its training curve and the other budgets recorded for that model."""
 
 from __future__ import annotations
 
@@ -15,7 +16,13 @@ RUN_RECORDS = SAMPLE_DATA / "lenses" / "runs"
 #: (its training run monitored its held-out curve on abstracts 360..367)
 HELDOUT = "abstracts[360:400]"
 
-SHOWN_LAYERS = (0, 1, 3, 6, 9, 12, 15, 18, 21, 24, 27, 29, 30)
+
+def shown_layers(layers) -> list[int]:
+    """The layers of the short table: 0, 1, every third, the last block and the final output (for 30 blocks:
+    0, 1, 3, 6, …, 27, 29, 30); ``layers`` are the result's layer indices, the final output the largest."""
+    layers = sorted(int(l) for l in layers)
+    final = layers[-1]
+    return [l for l in layers if l < 2 or l % 3 == 0 or l >= final - 1]
 
 
 def _per_layer(result):
@@ -28,7 +35,7 @@ def render_lenses(results) -> str:
     res = results["heldout"]
     kl = _per_layer(res)
     n_pos = int(res.summary.get("n_positions", 0))
-    layers = [l for l in SHOWN_LAYERS if l in kl.index]
+    layers = shown_layers(kl.index)
     rows = [["logit lens"] + [fmt(kl.loc[l, "logit"], 2) for l in layers],
             ["tuned lens"] + [fmt(kl.loc[l, "tuned"], 2) for l in layers]]
     below = kl.index[kl.index < kl.index.max()]
@@ -191,8 +198,12 @@ def _budgets_tried(shipped: dict) -> str:
         "linear decay to 0 slows the last stretch somewhat."])
 
 
-TABLES = (ReadmeTable(
-    name="lenses", title="Logit lens vs tuned lens, held-out KL per layer (smollm2-135m)",
-    jobs={"heldout": f"workbench run tuned_lens --model smollm2-135m --data '{HELDOUT}' "
-                     "--set max_texts=16 --set max_length=64"},
-    render=render_lenses, minutes=3),)
+def _lens_table(name: str, model: str, minutes: float) -> ReadmeTable:
+    return ReadmeTable(
+        name=name, title=f"Logit lens vs tuned lens, held-out KL per layer ({model})",
+        jobs={"heldout": f"workbench run tuned_lens --model {model} --data '{HELDOUT}' "
+                         "--set max_texts=16 --set max_length=64"},
+        render=render_lenses, minutes=minutes)
+
+
+TABLES = (_lens_table("lenses", "smollm2-135m", 3),)

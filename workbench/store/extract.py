@@ -126,7 +126,7 @@ class _Extraction:
                 if dtype is np.float16 and not np.isfinite(part).all() and np.isfinite(source).all():
                     raise WorkbenchError(
                         f"{hook} reaches {float(np.abs(source).max()):,.0f}, beyond float16's range (65,504): "
-                        "store these activations in float32 (the default; drop --store-dtype float16).")
+                        "store these activations in float32 (--store-dtype float32 in the CLI, dtype='float32' in the API).")
                 self.buffer[hook].append(part)
                 self.buffered_bytes += part.nbytes
         del acts
