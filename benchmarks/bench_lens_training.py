@@ -1,7 +1,7 @@
 """Tuned-lens training step: the chunked all-layer loss against the official loop's per-layer loss.
 
 Both compute the tuned-lens loss ``KL(p_L || p_l)`` of every layer on the same stored states of
-``smollm2-135m`` (abstracts, the store) and leave the translators' gradients; the ratio is taken in
+``--model`` (default ``smollm2-135m``; abstracts, the store) and leave the translators' gradients; the ratio is taken in
 the same run, on the same positions and the same (randomly perturbed) translators.
 
 - baseline: the formulation of tuned-lens 0.2.0's ``train_loop.py`` (and of this project's loop before
@@ -15,7 +15,7 @@ agreement of the per-layer losses and of the gradients (relative norm of the dif
 working memory: the peak of the process's anonymous memory (RssAnon, sampled every 10 ms) during its
 steps above what it held before them (the store's memory-mapped states are file pages, not counted).
 
-Run: .venv/bin/python benchmarks/bench_lens_training.py [--positions 1024] [--autocast auto] [--threads 2]
+Run: .venv/bin/python benchmarks/bench_lens_training.py [--model smollm2-135m] [--positions 1024] [--autocast auto] [--threads 2]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _run_variant(args) -> None:
     from workbench.models import load_model
     from workbench.store import ActivationStore
 
-    model = load_model("smollm2-135m")
+    model = load_model(args.model)
     hooks = model.resid_hooks()
     entry = ActivationStore().get_or_extract(model, load_dataset("abstracts").subset(args.texts), hooks,
                                              max_length=128)
@@ -114,6 +114,7 @@ def _run_variant(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m", help="a decoder (its vocabulary sets the cost)")
     parser.add_argument("--positions", type=int, default=1024)
     parser.add_argument("--texts", type=int, default=40, help="abstracts whose states are sampled")
     parser.add_argument("--autocast", default="auto", help="auto | bfloat16 | none (auto: bf16 where native)")
@@ -136,7 +137,7 @@ def main() -> None:
     a, b = res["ours"], res["baseline"]
     loss_rel = float(np.max(np.abs(la - lb) / lb))
     grad_rel = float(np.linalg.norm(ga - gb) / np.linalg.norm(gb))
-    print(f"smollm2-135m, {args.positions} positions x {a['layers']} layers, autocast {a['autocast']}, "
+    print(f"{args.model}, {args.positions} positions x {a['layers']} layers, autocast {a['autocast']}, "
           f"{args.threads} threads, median of {args.repeats}, each in its own process")
     print("| step | seconds | working memory (peak RssAnon above the start, MiB) |")
     print("|---|---:|---:|")

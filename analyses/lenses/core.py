@@ -198,32 +198,43 @@ class _LayersKLToFinal(torch.autograd.Function):
         want_grad = ctx.needs_input_grad[0]
         sums = torch.zeros(n_layers, dtype=torch.float64, device=x.device)
         grad = torch.empty_like(x) if want_grad else None
+        # One set of [chunk, V] buffers serves every chunk and layer (written with ``out=``, the same
+        # kernels, the same bits). A fresh tensor that size is a fresh mmap on the CPU whose pages fault
+        # in on first touch: allocating them per layer spent about 30 % of a training step in the kernel.
+        rows, vocab = min(chunk, n), W_U.shape[1]
+        p_buf = x.new_empty(rows, vocab, dtype=torch.float32)  # p_L of the chunk (first its logits)
+        q_buf = x.new_empty(rows, vocab, dtype=torch.float32)  # log p_L, then each layer's softmax
+        z_buf = x.new_empty(rows, vocab, dtype=W_c.dtype)  # each layer's logits
+        # ... in fp32 (+ b_U), the softmax's input: softmax(dtype=float32) would allocate this conversion
+        zf_buf = (x.new_empty(rows, vocab, dtype=torch.float32)
+                  if W_c.dtype != torch.float32 or b_U is not None else None)
+        qc_buf = x.new_empty(rows, vocab, dtype=W_c.dtype) if want_grad and W_c.dtype != torch.float32 else None
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
-            z_final = x_final[start:stop] @ W_U
+            m = stop - start
+            z_final = torch.matmul(x_final[start:stop], W_U, out=p_buf[:m])
             if b_U is not None:
                 z_final += b_U
-            logp_final = torch.log_softmax(z_final, dim=-1)
-            del z_final
-            p_final = logp_final.exp()
+            logp_final = torch.log_softmax(z_final, dim=-1, out=q_buf[:m])
+            p_final = torch.exp(logp_final, out=p_buf[:m])
             neg_entropy = torch.linalg.vecdot(p_final, logp_final)  # Σ p_L log p_L
-            del logp_final
             u = p_final @ W_U.T  # [c, D]: Σ_v p_L(v) z_v = x·u (+ p_L·b_U)
             p_bias = 0.0 if b_U is None else p_final @ b_U
             for k in range(n_layers):
                 x_k = x[k, start:stop]
-                z = x_k.to(W_c.dtype) @ W_c
-                if b_U is not None:
-                    z = z.float() + b_U
-                q = torch.softmax(z, dim=-1, dtype=torch.float32)
-                lse = z.amax(dim=-1).float() - q.amax(dim=-1).log()  # argmax z = argmax q
-                del z
+                z = torch.matmul(x_k.to(W_c.dtype), W_c, out=z_buf[:m])
+                if zf_buf is not None:
+                    z = zf_buf[:m].copy_(z)  # exact
+                    if b_U is not None:
+                        z += b_U
+                q = torch.softmax(z, dim=-1, out=q_buf[:m])
+                lse = z.amax(dim=-1) - q.amax(dim=-1).log()  # argmax z = argmax q
                 kl = neg_entropy - (torch.linalg.vecdot(x_k, u) + p_bias) + lse
                 sums[k] += kl.sum(dtype=torch.float64)
                 if want_grad:
                     q -= p_final
-                    grad[k, start:stop] = (q.to(W_c.dtype) @ W_cT).float()
-                del q
+                    qc = q if qc_buf is None else qc_buf[:m].copy_(q)
+                    grad[k, start:stop] = (qc @ W_cT).float()
         if want_grad:
             grad /= n
             ctx.save_for_backward(grad)
