@@ -14,6 +14,7 @@ from analyses.lenses.core import (TunedLens, Unembed, final_logprobs, layers_kl_
                                   stats_from_logprobs)
 from analyses.lenses.train import (find_lens, load_lens, safe_name, save_lens, shipped_lens_dir,
                                    train_tuned_lens)
+from analyses.lenses.training import convergence
 from workbench.analysis import run_analysis
 from workbench.data import TextDataset
 from workbench.errors import WorkbenchError
@@ -449,27 +450,46 @@ def test_smollm2_logit_lens_last_layer_says_paris(smollm, store):
     assert t[t.layer == 1]["kl"].mean() > 1.0
 
 
-def test_shipped_smollm2_lens_beats_the_logit_lens(smollm):
-    folder = shipped_lens_dir(smollm.fingerprint)
+def _check_shipped_lens(model, must_converge: bool = True) -> dict:
+    folder = shipped_lens_dir(model.fingerprint)
     # the lens ships with the repo: if the converted model's fingerprint no longer matches it, the
     # app has silently lost its tuned lens, which is a failure, not a skip
-    assert (folder / "lens.json").exists(), f"no shipped lens for {smollm.fingerprint} in {folder}"
+    assert (folder / "lens.json").exists(), f"no shipped lens for {model.fingerprint} in {folder}"
     meta = json.loads((folder / "lens.json").read_text())
     kl = meta["heldout_kl"]
-    L = smollm.n_layers
+    L = model.n_layers
     assert all(kl["tuned_lens"][l] < kl["logit_lens"][l] for l in range(L))
     lens, _ = load_lens(folder)
-    assert lens.n_layers == L and lens.d_model == smollm.d_model
-    assert find_lens(smollm) is not None
+    assert lens.n_layers == L and lens.d_model == model.d_model
+    assert find_lens(model) is not None
     # the shipped lens records its held-out curve and convergence verdict, was trained on a corpus that
     # is not the evaluation text, and its curve only falls (the README shows both)
     curve = [c["mean_kl"] for c in meta["curve"]]
     assert len(curve) >= 5 and meta["curve"][-1]["step"] == meta["settings"]["steps"]
     assert all(b <= a for a, b in zip(curve, curve[1:])), curve
-    assert meta["convergence"]["converged"], meta["convergence"]  # issue 17: the converged lens ships
+    conv = meta["convergence"]
+    # the recorded verdict is the rule applied to the recorded curve (the README block shows both)
+    assert conv == convergence(meta["curve"], meta["settings"]["steps"]) and conv["threshold"] == 0.02, conv
+    if must_converge:
+        assert conv["converged"], conv  # issue 17: the converged lens ships
     assert meta["data"]["train_positions_used"] >= 100_000
     assert "sampled from the model itself" in " ".join(meta["deviations"])
     assert meta["data"]["heldout"].startswith("abstracts[")
+    return meta
+
+
+def test_shipped_smollm2_lens_beats_the_logit_lens(smollm):
+    _check_shipped_lens(smollm)
+
+
+def test_shipped_gemma3_lens_beats_the_logit_lens():
+    """gemma3-270m's lens (18 blocks, d 640, a 262k-token unembedding): its residual passes float16's range,
+    so its training states were stored in float32."""
+    gemma3 = load_model("gemma3-270m", device="cpu", dtype="float32")
+    # after 400 steps its curve still moves more than the 2 % rule allows (the README's block says so);
+    # the lens beats the logit lens at every layer, so it ships while a longer run trains (issue 17)
+    meta = _check_shipped_lens(gemma3, must_converge=False)
+    assert meta["settings"]["store_dtype"] == "float32"
 
 
 def test_readme_lens_section_lists_the_recorded_runs_of_other_budgets(smollm):

@@ -42,13 +42,14 @@ def render_lenses(results) -> str:
     wins = int((kl.loc[below, "tuned"] < kl.loc[below, "logit"]).sum())
     full = md_table(["layer", "logit lens", "tuned lens"],
                     [[int(l), fmt(kl.loc[l, "logit"], 3), fmt(kl.loc[l, "tuned"], 3)] for l in kl.index])
+    budgets = _budgets_tried(res.summary.get("lens_training") or {})  # "" where no other run is recorded
     return "\n".join([
         f"Held-out KL(final ‖ layer) in nats, mean over {n_pos} positions of {res.summary.get('n_texts')} "
         f"abstracts the lens never saw (`{HELDOUT}`, first 64 tokens each). The tuned lens is below the "
         f"logit lens at **{wins} of {len(below)}** layers below the last.", "",
         md_table(["layer"] + [str(l) for l in layers], rows), "",
         _training_curve(res.summary.get("lens_training") or {}, res.summary.get("lens_heldout_kl") or {}), "",
-        _budgets_tried(res.summary.get("lens_training") or {}), "",
+        *([budgets, ""] if budgets else []),
         "<details><summary>Every layer</summary>", "", full, "", "</details>"])
 
 
@@ -206,4 +207,4 @@ def _lens_table(name: str, model: str, minutes: float) -> ReadmeTable:
         render=render_lenses, minutes=minutes)
 
 
-TABLES = (_lens_table("lenses", "smollm2-135m", 3),)
+TABLES = (_lens_table("lenses", "smollm2-135m", 3), _lens_table("lenses_gemma3", "gemma3-270m", 4))
