@@ -81,7 +81,7 @@ def child(method: str, n_prompts: int, n_tokens: int, threads: int, k: int) -> d
     import torch
 
     torch.set_num_threads(threads)
-    from analyses.lenses.core import CHUNK, Unembed, final_logprobs, stats_from_logprobs
+    from analyses.lenses.core import CHUNK, StatsBuffers, Unembed, final_logprobs, stats_from_logprobs
     from analyses.lenses.training import states
     from workbench.models import load_model
 
@@ -117,13 +117,20 @@ def child(method: str, n_prompts: int, n_tokens: int, threads: int, k: int) -> d
     t0 = time.perf_counter()
     with torch.no_grad():
         if method == "ours":
+            buffers = StatsBuffers()  # as analyses/lenses/analysis.py: one set of [chunk, V] scratch tensors
             for start in range(0, entry.n_tokens, CHUNK):
                 idx = np.arange(start, min(start + CHUNK, entry.n_tokens))
                 logp_f = final_logprobs(unembed, states(entry, hooks[L], idx))
+                p_f = logp_f.exp()
                 tgt = logp_f.argmax(-1)
                 for layer in range(L + 1):
-                    logp = logp_f if layer == L else torch.log_softmax(unembed(states(entry, hooks[layer], idx)), -1)
-                    st = stats_from_logprobs(logp, logp_f, tgt, k)
+                    if layer == L:
+                        logp = logp_f
+                    else:
+                        z = unembed(states(entry, hooks[layer], idx),
+                                    out=buffers.get("logits", (len(idx), unembed.d_vocab), unembed.W_U.dtype, unembed.device))
+                        logp = torch.log_softmax(z, -1, out=buffers.get("logp", tuple(z.shape), z.dtype, z.device))
+                    st = stats_from_logprobs(logp, logp_f, tgt, k, p_final=p_f, buffers=buffers)
                     kl_sum[layer] += st.kl.sum()
                     rank_sum[layer] += st.rank.sum()
         else:

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from analyses.lenses.analysis import heatmap, lens_table, layer_means
-from analyses.lenses.core import (TunedLens, Unembed, final_logprobs, layers_kl_to_final, lens_logits,
-                                  stats_from_logprobs)
+from analyses.lenses.core import (StatsBuffers, TunedLens, Unembed, final_logprobs, layers_kl_to_final,
+                                  lens_logits, stats_from_logprobs)
 from analyses.lenses.train import (find_lens, load_lens, safe_name, save_lens, shipped_lens_dir,
                                    train_tuned_lens)
 from analyses.lenses.training import convergence
@@ -163,6 +163,21 @@ def test_statistics_against_closed_forms():
     # the final layer against itself: KL exactly 0, rank exactly 1
     same = stats_from_logprobs(logp_f, logp_f, target, k=3)
     assert np.all(same.kl == 0) and np.all(same.rank == 1)
+
+
+def test_statistics_with_reused_buffers_are_bit_identical():
+    """The decoding loop reuses one set of scratch tensors for every layer and chunk (and a shorter last
+    chunk): no stale row of an earlier, larger call may leak into a later result."""
+    torch.manual_seed(1)
+    buffers = StatsBuffers()
+    for n in (9, 4, 9, 3):
+        logp = torch.log_softmax(torch.randn(n, 13) * 3, -1)
+        logp_f = torch.log_softmax(torch.randn(n, 13) * 3, -1)
+        target = torch.randint(0, 13, (n,))
+        fresh = stats_from_logprobs(logp, logp_f, target, k=4)
+        reused = stats_from_logprobs(logp, logp_f, target, k=4, p_final=logp_f.exp(), buffers=buffers)
+        for field in ("kl", "entropy", "p_target", "rank", "topk_ids", "topk_probs"):
+            np.testing.assert_array_equal(getattr(reused, field), getattr(fresh, field), err_msg=field)
 
 
 # ---- the analysis -----------------------------------------------------------------------------

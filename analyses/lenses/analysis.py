@@ -25,7 +25,7 @@ from plotly.subplots import make_subplots
 from workbench.analysis import Param
 from workbench.errors import WorkbenchError
 
-from .core import CHUNK, Unembed, final_logprobs, lens_logits, stats_from_logprobs
+from .core import CHUNK, StatsBuffers, Unembed, final_logprobs, lens_logits, stats_from_logprobs
 from .train import find_lens, load_lens, states, train_command_hint
 
 TARGETS = ("final_top1", "next_token")
@@ -105,7 +105,7 @@ def lens_table(model, entry, lenses: dict, *, top_k: int = 5, target: str = "fin
         spans.append(cur)
     sites = [("resid_post", float(layer), post_hooks[layer], layer) for layer in range(L + 1)]
     sites += [("resid_mid", b + 0.5, h, None) for b, h in enumerate(mid_hooks)]
-    parts = []
+    parts, buffers = [], StatsBuffers()  # one set of [chunk, V] scratch tensors for the whole run
     for n_done, span in enumerate(spans):
         idx = np.concatenate([entry.offsets[i] + np.arange(s, s + n) for i, s, n in span])
         text = np.concatenate([np.full(n, i) for i, s, n in span])
@@ -115,6 +115,7 @@ def lens_table(model, entry, lenses: dict, *, top_k: int = 5, target: str = "fin
         input_tokens = np.concatenate([np.asarray(entry.token_strings(i)[s:s + n], dtype=object) for i, s, n in span])
         with torch.no_grad():
             logp_final = final_logprobs(unembed, states(entry, post_hooks[L], idx))
+            p_final = logp_final.exp()  # shared by every layer's KL
             tgt = _target_ids(target, model, ids, logp_final, is_last)
             target_tokens = decode(tgt.cpu().numpy())
             for lens_name, tuned in lenses.items():
@@ -125,8 +126,11 @@ def lens_table(model, entry, lenses: dict, *, top_k: int = 5, target: str = "fin
                     if layer == L:
                         logp = logp_final  # the model's own output: the final norm is applied once
                     else:
-                        logp = torch.log_softmax(lens_logits(unembed, h, layer, tuned if site == "resid_post" else None), -1)
-                    st = stats_from_logprobs(logp, logp_final, tgt, top_k)
+                        z = lens_logits(unembed, h, layer, tuned if site == "resid_post" else None,
+                                        out=buffers.get("logits", (len(idx), unembed.d_vocab), unembed.W_U.dtype,
+                                                        unembed.device))
+                        logp = torch.log_softmax(z, -1, out=buffers.get("logp", tuple(z.shape), z.dtype, z.device))
+                    st = stats_from_logprobs(logp, logp_final, tgt, top_k, p_final=p_final, buffers=buffers)
                     top_tokens = np.asarray(decode(st.topk_ids), dtype=object).reshape(st.topk_ids.shape)
                     parts.append(pd.DataFrame({
                         "lens": lens_name, "site": site, "layer": layer_value, "text": text, "position": pos,

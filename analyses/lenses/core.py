@@ -86,9 +86,10 @@ class Unembed(torch.nn.Module):
             cache[(dtype, transposed)] = (weight.T if transposed else weight).contiguous()
         return cache[(dtype, transposed)]
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        z = self.norm(h.float().to(self.device)).float() @ self.W_U
-        return z if self.b_U is None else z + self.b_U
+    def forward(self, h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[N, V]`` of states ``h [N, D]``, written into ``out`` when given (a reused buffer)."""
+        z = torch.matmul(self.norm(h.float().to(self.device)).float(), self.W_U, out=out)
+        return z if self.b_U is None else (z.add_(self.b_U) if out is not None else z + self.b_U)
 
 
 class TunedLens(torch.nn.Module):
@@ -128,11 +129,13 @@ class TunedLens(torch.nn.Module):
         return lens
 
 
-def lens_logits(unembed: Unembed, h: torch.Tensor, layer: int, tuned: TunedLens | None = None) -> torch.Tensor:
-    """Logits ``[N, V]`` of the (tuned or logit) lens at ``layer`` for states ``h [N, D]``."""
+def lens_logits(unembed: Unembed, h: torch.Tensor, layer: int, tuned: TunedLens | None = None,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits ``[N, V]`` of the (tuned or logit) lens at ``layer`` for states ``h [N, D]`` (into ``out``
+    when given)."""
     if tuned is not None:
         h = tuned.transform(h.float(), layer)
-    return unembed(h)
+    return unembed(h, out=out)
 
 
 @dataclass
@@ -152,19 +155,47 @@ def final_logprobs(unembed: Unembed, h_last: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(unembed(h_last).float(), dim=-1)
 
 
-def stats_from_logprobs(logp: torch.Tensor, logp_final: torch.Tensor, target: torch.Tensor, k: int) -> LayerStats:
+class StatsBuffers:
+    """Reusable ``[N, V]`` scratch tensors for :func:`stats_from_logprobs` and the lens's ``log_softmax``.
+
+    On the CPU a fresh tensor that size is a fresh ``mmap`` whose pages fault in on first touch; with a
+    262k-token vocabulary, allocating a handful per layer put about 45 % of a decoding run in the kernel.
+    One set serves every layer and chunk (written with ``out=``: the same kernels, the same bits)."""
+
+    def __init__(self):
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, int], dtype: torch.dtype, device) -> torch.Tensor:
+        n, v = shape
+        buf = self._bufs.get(name)
+        if buf is None or buf.dtype != dtype or buf.device != torch.device(device) or buf.shape[1] != v \
+                or buf.shape[0] < n:
+            buf = self._bufs[name] = torch.empty(n, v, dtype=dtype, device=device)
+        return buf[:n]
+
+
+def stats_from_logprobs(logp: torch.Tensor, logp_final: torch.Tensor, target: torch.Tensor, k: int, *,
+                        p_final: torch.Tensor | None = None, buffers: StatsBuffers | None = None) -> LayerStats:
     """Reduce ``logp [N, V]`` against ``logp_final [N, V]`` and ``target [N]`` (token ids).
 
     KL(p_L || p_l) in nats; rank = 1 + #{v : logp(v) > logp(t*)} (strict: ties do not count).
+    ``p_final`` (= ``logp_final.exp()``) may be passed when many layers share one final distribution,
+    ``buffers`` to reuse scratch tensors across calls; neither changes a bit of the result.
     """
     logp = logp.float()
     target = target.to(logp.device)
-    p_final = logp_final.exp()
-    kl = (p_final * (logp_final - logp)).sum(-1)
-    p = logp.exp()
-    entropy = -(torch.special.xlogy(p, p)).sum(-1)
+    if p_final is None:
+        p_final = logp_final.exp()
+    bufs = buffers if buffers is not None else StatsBuffers()
+    scratch = bufs.get("stats", tuple(logp.shape), torch.float32, logp.device)
+    kl = torch.sub(logp_final, logp, out=scratch).mul_(p_final).sum(-1)  # Σ p_L (log p_L − log p_l)
+    p = torch.exp(logp, out=bufs.get("p", tuple(logp.shape), torch.float32, logp.device))
+    entropy = -(torch.special.xlogy(p, p, out=scratch)).sum(-1)
     lp_target = logp.gather(-1, target[:, None])
-    rank = 1 + (logp > lp_target).sum(-1)
+    above = torch.gt(logp, lp_target, out=bufs.get("above", tuple(logp.shape), torch.bool, logp.device))
+    # counted in fp32, exact while every partial count is an integer below 2^24 (any V up to 16.7M):
+    # summing the bools directly converts them to a fresh [N, V] int64 tensor
+    rank = 1 + (scratch.copy_(above).sum(-1).long() if logp.shape[-1] < 2 ** 24 else above.sum(-1))
     top_lp, top_ids = logp.topk(k, dim=-1)
     return LayerStats(kl=kl.clamp_min(0).cpu().numpy(), entropy=entropy.cpu().numpy(),
                       p_target=lp_target[:, 0].exp().cpu().numpy(), rank=rank.cpu().numpy(),
