@@ -81,7 +81,7 @@ def child(method: str, n_prompts: int, n_tokens: int, threads: int, k: int) -> d
     import torch
 
     torch.set_num_threads(threads)
-    from analyses.lenses.core import CHUNK, StatsBuffers, Unembed, final_logprobs, stats_from_logprobs
+    from analyses.lenses.core import CHUNK, StatsBuffers, Unembed, final_logprobs, lens_logprobs, stats_from_logprobs
     from analyses.lenses.training import states
     from workbench.models import load_model
 
@@ -124,12 +124,8 @@ def child(method: str, n_prompts: int, n_tokens: int, threads: int, k: int) -> d
                 p_f = logp_f.exp()
                 tgt = logp_f.argmax(-1)
                 for layer in range(L + 1):
-                    if layer == L:
-                        logp = logp_f
-                    else:
-                        z = unembed(states(entry, hooks[layer], idx),
-                                    out=buffers.get("logits", (len(idx), unembed.d_vocab), unembed.W_U.dtype, unembed.device))
-                        logp = torch.log_softmax(z, -1, out=buffers.get("logp", tuple(z.shape), z.dtype, z.device))
+                    logp = logp_f if layer == L else lens_logprobs(unembed, states(entry, hooks[layer], idx), layer,
+                                                                   buffers=buffers)
                     st = stats_from_logprobs(logp, logp_f, tgt, k, p_final=p_f, buffers=buffers)
                     kl_sum[layer] += st.kl.sum()
                     rank_sum[layer] += st.rank.sum()

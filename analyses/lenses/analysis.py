@@ -25,7 +25,7 @@ from plotly.subplots import make_subplots
 from workbench.analysis import Param
 from workbench.errors import WorkbenchError
 
-from .core import CHUNK, StatsBuffers, Unembed, final_logprobs, lens_logits, stats_from_logprobs
+from .core import CHUNK, StatsBuffers, Unembed, final_logprobs, lens_logprobs, stats_from_logprobs
 from .train import find_lens, load_lens, states, train_command_hint
 
 TARGETS = ("final_top1", "next_token")
@@ -126,10 +126,7 @@ def lens_table(model, entry, lenses: dict, *, top_k: int = 5, target: str = "fin
                     if layer == L:
                         logp = logp_final  # the model's own output: the final norm is applied once
                     else:
-                        z = lens_logits(unembed, h, layer, tuned if site == "resid_post" else None,
-                                        out=buffers.get("logits", (len(idx), unembed.d_vocab), unembed.W_U.dtype,
-                                                        unembed.device))
-                        logp = torch.log_softmax(z, -1, out=buffers.get("logp", tuple(z.shape), z.dtype, z.device))
+                        logp = lens_logprobs(unembed, h, layer, tuned if site == "resid_post" else None, buffers)
                     st = stats_from_logprobs(logp, logp_final, tgt, top_k, p_final=p_final, buffers=buffers)
                     top_tokens = np.asarray(decode(st.topk_ids), dtype=object).reshape(st.topk_ids.shape)
                     parts.append(pd.DataFrame({
