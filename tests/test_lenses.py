@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from analyses.lenses.analysis import heatmap, lens_table, layer_means
+from analyses.lenses.analysis import KL_LOG_SPAN, curves, heatmap, kl_axis, lens_table, layer_means
 from analyses.lenses.core import (StatsBuffers, TunedLens, Unembed, final_logprobs, layers_kl_to_final,
                                   lens_logits, stats_from_logprobs)
 from analyses.lenses.train import (find_lens, load_lens, safe_name, save_lens, shipped_lens_dir,
@@ -495,6 +497,25 @@ def _check_shipped_lens(model, must_converge: bool = True) -> dict:
 
 def test_shipped_smollm2_lens_beats_the_logit_lens(smollm):
     _check_shipped_lens(smollm)
+
+
+def test_kl_panels_use_a_log_axis_when_the_layers_span_decades(smollm, store):
+    """On the real model the logit lens's layer 0 sits two orders of magnitude above the tuned lens's
+    late layers, so the KL panels of the page's curves and of the exported figure are log axes, and
+    they say that the last layer's exact 0 is left out; a narrow span keeps a linear axis."""
+    res = run_analysis("tuned_lens", model=smollm, data=TextDataset.from_texts(["The capital of France is Paris."]),
+                       store=store)
+    kl = layer_means(res.table)["kl"]
+    assert (kl == 0).any() and kl.max() / kl[kl > 0].min() > KL_LOG_SPAN
+    for fig, axis in ((curves(res.table), "yaxis"), (res.figure(), "yaxis3")):  # figure: 2 heatmaps, then KL
+        layout = fig.layout[axis]
+        assert layout.type == "log" and layout.title.text.endswith("(log; 0 not drawn)"), (axis, layout)
+        assert 10 ** layout.range[0] <= kl[kl > 0].min() and 10 ** layout.range[1] >= kl.max()
+        drawn = [y for t in fig.data if t.yaxis == axis.replace("axis", "") for y in t.y]
+        assert drawn and None in drawn and all(y is None or y > 0 for y in drawn)  # no line dives off the axis
+    narrow = go.Figure(go.Scatter(y=[1.0, 2.0]))
+    kl_axis(narrow, pd.Series([1.0, 2.0, 20.0]), row=None, col=None, title="nats")
+    assert narrow.layout.yaxis.type is None and narrow.layout.yaxis.title.text == "nats"
 
 
 def test_shipped_gemma3_lens_beats_the_logit_lens():

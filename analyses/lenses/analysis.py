@@ -276,6 +276,29 @@ def heatmap(table: pd.DataFrame, lens: str = "logit", text: int = 0, color: str 
     return fig
 
 
+#: the KL panels switch to a log axis when the positive per-layer means span more than this factor
+#: (the logit lens's first layers sit at tens to hundreds of nats on the built-in models, the late layers
+#: and the tuned lens below one: on a linear axis everything but layer 0 lies on the floor)
+KL_LOG_SPAN = 30.0
+
+
+def kl_axis(fig: go.Figure, kl: pd.Series, row: int, col: int, title: str) -> None:
+    """Set a KL panel's y-axis: log when ``max/min`` of the positive values exceeds :data:`KL_LOG_SPAN`.
+
+    A log axis cannot show values of exactly 0 (the last layer, decoded by the model itself): the panel's
+    traces end at the last positive point instead of diving off the axis, and the axis title says so."""
+    positive = kl[kl > 0]
+    if positive.empty or positive.max() / positive.min() <= KL_LOG_SPAN:
+        fig.update_yaxes(title_text=title, row=row, col=col)
+        return
+    fig.for_each_trace(lambda t: t.update(y=[y if y is not None and y > 0 else None for y in t.y]),
+                       row=row, col=col)
+    decades = range(int(np.floor(np.log10(positive.min()))), int(np.ceil(np.log10(positive.max()))) + 1)
+    fig.update_yaxes(type="log", row=row, col=col, range=[decades[0], decades[-1]],
+                     tickvals=[10.0 ** d for d in decades], ticktext=[f"{10.0 ** d:g}" for d in decades],
+                     title_text=f"{title} (log; 0 not drawn)" if (kl <= 0).any() else f"{title} (log)")
+
+
 def curves(table: pd.DataFrame) -> go.Figure:
     """Per-layer means over every position: KL, rank (log axis from 1) and entropy, one line per lens/site."""
     means = layer_means(table)
@@ -294,7 +317,7 @@ def curves(table: pd.DataFrame) -> go.Figure:
     decades = list(range(int(np.ceil(np.log10(top))) + 1))
     fig.update_yaxes(type="log", row=1, col=2, range=[0, np.log10(top) * 1.05],
                      tickvals=[10 ** d for d in decades], ticktext=[f"{10 ** d:,}" for d in decades], title_text="rank")
-    fig.update_yaxes(title_text="nats", row=1, col=1)
+    kl_axis(fig, means["kl"], row=1, col=1, title="nats")
     fig.update_yaxes(title_text="nats", row=1, col=3)
     fig.update_xaxes(title_text="layer")
     fig.update_layout(height=400, template="plotly_white", margin=dict(t=70, l=60, r=20, b=50),
@@ -325,7 +348,7 @@ def figure(result) -> go.Figure:
     fig.update_xaxes(tickangle=-45, row=1)
     fig.update_yaxes(title_text="layer", row=1, col=1)
     fig.update_xaxes(title_text="layer", row=2, col=1)
-    fig.update_yaxes(title_text="KL(final ‖ layer), nats", row=2, col=1)
+    kl_axis(fig, layer_means(table)["kl"], row=2, col=1, title="KL(final ‖ layer), nats")
     n_layers = table["layer"].nunique()
     n_texts = result.summary.get("n_texts", "?")
     fig.update_layout(height=max(760, 18 * n_layers + 500), template="plotly_white",
