@@ -91,6 +91,22 @@ def test_truncation_warns(tiny, store):
     assert entry.lengths.tolist()[0] == 8
 
 
+def test_a_run_reports_truncation_once_whether_it_extracts_or_reads_the_cache(tiny, store):
+    """The store's warning and the run's own line said the same thing twice on a cache miss (six yellow
+    boxes on the Layer quality page for three text sets); a run now records one line per text set."""
+    from workbench.analysis import run_analysis
+
+    ds = TextDataset.from_texts([" ".join(["cat"] * 50), "dog", " ".join(["mat"] * 20)])
+    with pytest.warns(UserWarning, match="2 of 3 texts were longer"):  # the store's, for library users
+        miss = run_analysis("layer_stats", model=tiny, data=ds, params={"max_length": 8}, store=store)
+    hit = run_analysis("layer_stats", model=tiny, data=ds, params={"max_length": 8}, store=store)
+    assert hit.manifest["cache"][0]["hit"] and not miss.manifest["cache"][0]["hit"]
+    for res in (miss, hit):
+        lines = [w for w in res.manifest["warnings"] if "longer than 8 tokens" in w]
+        assert lines == [f"2 of 3 texts of {ds.name} were longer than 8 tokens and were truncated (raise "
+                         f"max_length, up to the model's {tiny.max_length})."], res.manifest["warnings"]
+
+
 def test_bad_hook_writes_nothing(tiny, store):
     ds = TextDataset.from_texts(TEXTS)
     with pytest.raises(WorkbenchError, match="no hook"):

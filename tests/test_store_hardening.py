@@ -226,3 +226,22 @@ def test_read_only_cache_is_one_clear_error(tiny, tmp_path, monkeypatch):
     with pytest.raises(WorkbenchError, match="No space left"):
         store.get_or_extract(tiny, TextDataset.from_texts(TEXTS))
     assert store.listing() == []  # nothing half-written is left
+
+
+def test_cli_says_truncation_once_on_stdout(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    """`extract` and `run` each print one truncation line naming the fix, hit or miss, and no raw Python
+    warning with its source line on stderr."""
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "t.txt"
+    data.write_text("the cat sat on the mat and the dog sat on a big red mat\nthe cat\n")
+    for _ in ("miss", "hit"):
+        main(["extract", "--model", str(tiny_llama_dir), "--data", str(data), "--max-length", "4"])
+        out, err = capsys.readouterr()
+        assert [line for line in out.splitlines() if "truncated" in line] == [
+            "  warning: 1 of 2 texts were longer than 4 tokens and were truncated (raise --max-length, up to the "
+            "model's 64)."], out
+        assert "Warning" not in err, err
+    main(["run", "layer_stats", "--model", str(tiny_llama_dir), "--data", str(data), "--set", "max_length=3",
+          "--out", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert len([line for line in out.splitlines() if "truncated" in line]) == 1 and "Warning" not in err, (out, err)

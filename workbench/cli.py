@@ -29,7 +29,7 @@ import yaml
 from .batch import (_default_data_for, _default_model_for, _model_entries, _read_plan, _write_index,  # noqa: F401
                     plan_jobs, run_batch_job)
 from .cli_cache import _table, cmd_cache
-from .errors import WorkbenchError
+from .errors import TruncationWarning, WorkbenchError
 from .models.info import HOOK_GROUPS
 
 
@@ -167,6 +167,10 @@ def cmd_extract(args) -> None:
     print(f"{'extracted' if entry.extracted else 'cache hit'}: {entry.key}  {entry.n_texts} texts, "
           f"{entry.n_tokens} tokens, {len(entry.hooks)} hooks, {size / 2**20:.1f} MiB, {time.time() - t0:.1f} s")
     print(f"  {entry.path}")
+    if entry.meta["n_truncated"]:
+        print(f"  warning: {entry.meta['n_truncated']} of {entry.n_texts} texts were longer than "
+              f"{entry.meta['max_length']} tokens and were truncated (raise --max-length, up to the model's "
+              f"{model.max_length}).")
 
 
 def cmd_run(args) -> None:
@@ -390,6 +394,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.verbose:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # a run prints its own truncation line after the result (naming the text set): not a second, raw one
+    warnings.filterwarnings("ignore", category=TruncationWarning)
     try:
         args.fn(args)
     except WorkbenchError as exc:

@@ -8,3 +8,8 @@ shows it with ``st.error``, the CLI prints it on one line and exits non-zero. A 
 
 class WorkbenchError(Exception):
     """A problem the user can fix; the message says how."""
+
+
+class TruncationWarning(UserWarning):
+    """Texts were cut at ``max_length`` tokens during an extraction. An analysis run records its own line
+    for this (naming the dataset), so it does not repeat the store's."""

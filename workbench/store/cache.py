@@ -17,7 +17,7 @@ import numpy as np
 from filelock import FileLock
 
 from ..data import TextDataset
-from ..errors import WorkbenchError
+from ..errors import TruncationWarning, WorkbenchError
 from ..paths import cache_dir
 from .entry import CacheEntry
 from .extract import _Extraction, _TokenSpool
@@ -252,7 +252,8 @@ class ActivationStore(StoreHousekeeping):
                                                                      {"xxh3": [dataset.item_hashes()]})
             if out["n_truncated"]:
                 warnings.warn(f"{out['n_truncated']} of {len(dataset)} texts were longer than {max_length} tokens "
-                              f"and were truncated (raise max_length, up to the model's {model.max_length}).")
+                              f"and were truncated (raise max_length, up to the model's {model.max_length}).",
+                              TruncationWarning)
             meta = {
                 "format": FORMAT_VERSION, "key": key, "model_name": model.name,
                 "model_fingerprint": model.fingerprint, "device": model.device, "device_kind": model.device_kind,
