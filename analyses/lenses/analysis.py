@@ -161,7 +161,8 @@ def _run(ctx, lens_kind: str):
         folder = find_lens(model)
         if folder is None:
             raise WorkbenchError(f"No trained tuned lens for {model.fingerprint}. Train one with "
-                                 f"`{train_command_hint(model.name)}` (about 70 minutes for smollm2-135m on 2 CPU cores; resumable).")
+                                 f"`{train_command_hint(model.name)}`: it samples a training corpus from the model, then trains "
+                                 "(resumable; the README's lens sections give the recorded times of the shipped lenses).")
         tuned, meta = load_lens(folder)
         if tuned.n_layers != model.n_layers or tuned.d_model != model.d_model:
             raise WorkbenchError(f"The lens in {folder} has {tuned.n_layers} layers × d={tuned.d_model}, "
