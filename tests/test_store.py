@@ -105,6 +105,13 @@ def test_a_run_reports_truncation_once_whether_it_extracts_or_reads_the_cache(ti
         lines = [w for w in res.manifest["warnings"] if "longer than 8 tokens" in w]
         assert lines == [f"2 of 3 texts of {ds.name} were longer than 8 tokens and were truncated (raise "
                          f"max_length, up to the model's {tiny.max_length})."], res.manifest["warnings"]
+    # at the model's own limit there is nothing to raise: the line says so instead
+    at_limit = TextDataset.from_texts([" ".join(["cat"] * (tiny.max_length + 5))])
+    with pytest.warns(UserWarning, match="the model's limit"):
+        res = run_analysis("layer_stats", model=tiny, data=at_limit, params={"max_length": tiny.max_length}, store=store)
+    assert [w for w in res.manifest["warnings"] if "truncated" in w] == [
+        f"1 of 1 texts of {at_limit.name} were longer than {tiny.max_length} tokens and were truncated (the model's "
+        "limit; split longer texts to keep their ends)."]
 
 
 def test_bad_hook_writes_nothing(tiny, store):

@@ -26,7 +26,7 @@ import pandas as pd
 
 from .data import (IN_MEMORY, MAX_TEXTS_IN_COMMAND, TextDataset, TokenDataset, load_dataset, load_vectors,
                    vectors_hash)
-from .errors import TruncationWarning, WorkbenchError
+from .errors import TruncationWarning, WorkbenchError, truncation_message
 from .models import LazyModel, ModelInfo, load_model
 from .params import COMMON_PARAMS, Param, defaults_of, validate_params  # noqa: F401
 from .registry import (AnalysisSpec, Command, _REGISTRY, get_analysis, list_analyses,  # noqa: F401
@@ -141,9 +141,8 @@ class RunContext:
                 self.warn(str(w.message))
             _warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if entry.meta["n_truncated"]:
-            self.warn(f"{entry.meta['n_truncated']} of {entry.n_texts} texts of {ds.name} were longer than "
-                      f"{entry.meta['max_length']} tokens and were truncated (raise max_length, up to the "
-                      f"model's {model.max_length}).")
+            self.warn(truncation_message(entry.meta["n_truncated"], entry.n_texts, entry.meta["max_length"],
+                                         model.max_length, of=ds.name))
         event = {"key": entry.key, "hit": not entry.extracted, "dataset": ds.name, "seconds": round(time.time() - t0, 3)}
         if "view" in entry.meta:  # served from a larger entry that holds these texts first
             event["view_of"] = entry.meta["view"]

@@ -29,7 +29,7 @@ import yaml
 from .batch import (_default_data_for, _default_model_for, _model_entries, _read_plan, _write_index,  # noqa: F401
                     plan_jobs, run_batch_job)
 from .cli_cache import _table, cmd_cache
-from .errors import TruncationWarning, WorkbenchError
+from .errors import TruncationWarning, WorkbenchError, truncation_message
 from .models.info import HOOK_GROUPS
 
 
@@ -168,9 +168,8 @@ def cmd_extract(args) -> None:
           f"{entry.n_tokens} tokens, {len(entry.hooks)} hooks, {size / 2**20:.1f} MiB, {time.time() - t0:.1f} s")
     print(f"  {entry.path}")
     if entry.meta["n_truncated"]:
-        print(f"  warning: {entry.meta['n_truncated']} of {entry.n_texts} texts were longer than "
-              f"{entry.meta['max_length']} tokens and were truncated (raise --max-length, up to the model's "
-              f"{model.max_length}).")
+        print("  warning: " + truncation_message(entry.meta["n_truncated"], entry.n_texts, entry.meta["max_length"],
+                                                 model.max_length, option="--max-length"))
 
 
 def cmd_run(args) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from filelock import FileLock
 
 from ..data import TextDataset
-from ..errors import TruncationWarning, WorkbenchError
+from ..errors import TruncationWarning, WorkbenchError, truncation_message
 from ..paths import cache_dir
 from .entry import CacheEntry
 from .extract import _Extraction, _TokenSpool
@@ -251,8 +251,7 @@ class ActivationStore(StoreHousekeeping):
             out["files"][TEXT_HASHES_FILE] = write_safetensors_parts(tmp / TEXT_HASHES_FILE,
                                                                      {"xxh3": [dataset.item_hashes()]})
             if out["n_truncated"]:
-                warnings.warn(f"{out['n_truncated']} of {len(dataset)} texts were longer than {max_length} tokens "
-                              f"and were truncated (raise max_length, up to the model's {model.max_length}).",
+                warnings.warn(truncation_message(out["n_truncated"], len(dataset), max_length, model.max_length),
                               TruncationWarning)
             meta = {
                 "format": FORMAT_VERSION, "key": key, "model_name": model.name,
