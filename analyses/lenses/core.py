@@ -138,7 +138,6 @@ def lens_logits(unembed: Unembed, h: torch.Tensor, layer: int, tuned: TunedLens 
     return unembed(h, out=out)
 
 
-
 def lens_logprobs(unembed: Unembed, h: torch.Tensor, layer: int, tuned: TunedLens | None = None,
                   buffers: "StatsBuffers | None" = None) -> torch.Tensor:
     """``log_softmax`` of :func:`lens_logits` ``[N, V]``; with ``buffers``, logits and log-probabilities are
@@ -148,6 +147,7 @@ def lens_logprobs(unembed: Unembed, h: torch.Tensor, layer: int, tuned: TunedLen
     shape = (h.shape[0], unembed.d_vocab)
     z = lens_logits(unembed, h, layer, tuned, out=buffers.get("logits", shape, unembed.W_U.dtype, unembed.device))
     return torch.log_softmax(z, -1, out=buffers.get("logp", shape, z.dtype, z.device))
+
 
 @dataclass
 class LayerStats:
