@@ -50,7 +50,10 @@ def _run(args) -> None:
         if bar["bar"] is None or bar["bar"].total != total:
             if bar["bar"] is not None:
                 bar["bar"].close()
-            bar["bar"] = tqdm(total=total, desc="train-lens", file=sys.stderr, initial=0)
+            # no tqdm rate/remaining: the messages carry an ETA from the steps of this process, which tqdm's
+            # would contradict after a resume (its rate counts the restored steps as done in no time)
+            bar["bar"] = tqdm(total=total, desc="train-lens", file=sys.stderr, initial=0,
+                              bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         bar["bar"].n = done
         bar["bar"].set_postfix_str(message[-70:], refresh=False)
         bar["bar"].refresh()
