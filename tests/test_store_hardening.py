@@ -245,3 +245,25 @@ def test_cli_says_truncation_once_on_stdout(tiny_llama_dir, tmp_path, monkeypatc
           "--out", str(tmp_path / "out")])
     out, err = capsys.readouterr()
     assert len([line for line in out.splitlines() if "truncated" in line]) == 1 and "Warning" not in err, (out, err)
+
+
+def test_cli_commands_without_their_own_line_show_truncation_on_one_line(tiny_llama_dir, tmp_path):
+    """`train-lens` (like train-sae, batch and compare) prints no truncation line of its own, so the store's
+    warning is shown, as one `warning: ...` line without Python's source line. A fresh process, as a user
+    runs it: pytest's own warning capture would hide what the CLI prints."""
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "t.txt"
+    data.write_text("\n".join(["the cat sat on the mat and the dog sat on a big red mat"] * 6 + ["the cat"] * 2) + "\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "workbench.cli", "train-lens", "--model", str(tiny_llama_dir), "--data", str(data),
+         "--max-length", "4", "--steps", "2", "--positions-per-step", "4", "--heldout-data", "", "--heldout-texts", "2",
+         "--out", str(tmp_path / "lens")],
+        capture_output=True, text=True, env={**os.environ, "WORKBENCH_CACHE": str(tmp_path / "cache")}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.replace("\r", "\n").splitlines() if "truncated" in line]
+    assert lines == ["warning: 6 of 8 texts were longer than 4 tokens and were truncated (raise max_length, up to "
+                     "the model's 64)."], proc.stderr[-2000:]
+    assert "warnings.warn(" not in proc.stderr and "TruncationWarning" not in proc.stderr, proc.stderr[-2000:]

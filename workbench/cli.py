@@ -22,6 +22,7 @@ import logging
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -393,15 +394,30 @@ def main(argv: list[str] | None = None) -> None:
     if not args.verbose:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-    # a run prints its own truncation line after the result (naming the text set): not a second, raw one
-    warnings.filterwarnings("ignore", category=TruncationWarning)
+    # `run` and `extract` print their own truncation line (naming the text set and the fix): not a second,
+    # raw one. Other commands that extract (train-lens, train-sae, batch, compare) show the store's, on one line.
+    plain_format = warnings.formatwarning
     try:
-        args.fn(args)
+        with warnings.catch_warnings():
+            if args.fn in (cmd_run, cmd_extract):
+                warnings.filterwarnings("ignore", category=TruncationWarning)
+            warnings.formatwarning = partial(_one_line_truncation, plain_format)
+            args.fn(args)
     except WorkbenchError as exc:
         if args.verbose:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        warnings.formatwarning = plain_format
+
+
+def _one_line_truncation(plain_format, message, category, filename, lineno, line=None) -> str:
+    """A TruncationWarning as ``warning: ...`` on a line of its own (a progress bar may hold the current one);
+    it is about the input, not the code, so no source line."""
+    if issubclass(category, TruncationWarning):
+        return f"\nwarning: {message}\n"
+    return plain_format(message, category, filename, lineno, line)
 
 
 if __name__ == "__main__":
